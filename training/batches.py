@@ -1,0 +1,115 @@
+"""Masked pairs -> padded tensors, with a resumable source of training batches."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.masking import Masker
+from training.pairs import Instance, PairGenerator
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) long
+    token_type_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 = real token
+    masked_positions: torch.Tensor  # (N,) long, indices into the flattened (B*T) tokens
+    masked_labels: torch.Tensor  # (N,) long, original token ids there
+    nsp_labels: torch.Tensor | None  # (B,) long, 0 = IsNext, 1 = NotNext; None without NSP
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(
+            self.input_ids.to(device, non_blocking=True),
+            self.token_type_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            self.masked_positions.to(device, non_blocking=True),
+            self.masked_labels.to(device, non_blocking=True),
+            move(self.nsp_labels),
+        )
+
+
+def collate(
+    examples: list[tuple[Instance, np.ndarray, np.ndarray, np.ndarray]], pad_id: int
+) -> Batch:
+    """examples: (instance, masked input ids, masked positions, labels). Pads to the longest
+    sequence in the batch, rounded up to a multiple of 8 for tensor-core friendly shapes."""
+    longest = max(len(inputs) for _, inputs, _, _ in examples)
+    width = -(-longest // 8) * 8
+    count = len(examples)
+    input_ids = np.full((count, width), pad_id, dtype=np.int64)
+    token_types = np.zeros((count, width), dtype=np.int64)
+    attention = np.zeros((count, width), dtype=np.int64)
+    positions, labels = [], []
+    for row, (instance, inputs, chosen, targets) in enumerate(examples):
+        length = len(inputs)
+        input_ids[row, :length] = inputs
+        token_types[row, :length] = instance.segments
+        attention[row, :length] = 1
+        positions.append(chosen + row * width)
+        labels.append(targets)
+    nsp = [instance.nsp_label for instance, _, _, _ in examples]
+    return Batch(
+        torch.from_numpy(input_ids),
+        torch.from_numpy(token_types),
+        torch.from_numpy(attention),
+        torch.from_numpy(np.concatenate(positions).astype(np.int64)),
+        torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+        None if nsp[0] < 0 else torch.tensor(nsp, dtype=torch.long),
+    )
+
+
+class BatchSource:
+    """Pairs from a PairGenerator, masked afresh each time (dynamic) or by a hash of the pair's
+    tokens (static: the same pair always gets the same mask)."""
+
+    def __init__(
+        self, pairs: PairGenerator, masker: Masker, pad_id: int, static_masking: bool = False
+    ) -> None:
+        self.pairs = pairs
+        self.masker = masker
+        self.pad_id = pad_id
+        self.static_masking = static_masking
+
+    def _mask_rng(self, instance: Instance) -> np.random.Generator:
+        if not self.static_masking:
+            return self.pairs.rng
+        digest = hashlib.blake2b(instance.tokens.tobytes(), digest_size=8).digest()
+        return np.random.default_rng([self.pairs.seed, int.from_bytes(digest, "little")])
+
+    def next_batch(self, batch_size: int) -> Batch:
+        examples = []
+        for _ in range(batch_size):
+            instance = next(self.pairs)
+            masked = self.masker(instance.tokens, self._mask_rng(instance))
+            examples.append((instance, masked.input_ids, masked.positions, masked.labels))
+        return collate(examples, self.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.pairs.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pairs.load_state_dict(state)
+
+
+def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out documents for evaluation: a fixed random share, at least 2 when any is asked
+    for and the corpus can spare them (NSP negatives need another document)."""
+    order = np.random.default_rng([seed, 7]).permutation(num_documents)
+    held = int(round(num_documents * eval_fraction))
+    if eval_fraction > 0:
+        held = max(held, 2)
+    if num_documents - held < 2:
+        held = 0
+    return np.sort(order[held:]), np.sort(order[:held])

@@ -1,0 +1,143 @@
+"""`bert-pretrain`: raw text to a Hugging Face-compatible BERT checkpoint (MLM + NSP).
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.config import PRESETS, TrainConfig, parse_duration
+
+# model-shape flags -> BertConfig fields
+_MODEL_FLAGS = {
+    "layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "max_position_embeddings": "max_position_embeddings",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="bert-pretrain",
+        description="Pretrain a BERT encoder with masked-LM + next-sentence prediction.",
+        argument_default=argparse.SUPPRESS,  # only flags given on the command line are set
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--corpus", nargs="+", metavar="PATH",
+                      help="files, directories (*.txt) or globs; one sentence per line, blank "
+                      "line between documents (default: the embedded pydoc corpus)")
+    data.add_argument("--out", help=f"run directory (default {d.out})")
+    data.add_argument("--tokenizer", "--vocab", dest="tokenizer", metavar="PATH",
+                      help="reuse a tokenizer.json or vocab.txt instead of training one")
+    data.add_argument("--vocab-size", type=int, help=f"WordPiece size to train ({d.vocab_size})")
+    data.add_argument("--no-lowercase", dest="lowercase", action="store_false",
+                      help="keep case (default: lowercase, as bert-base-uncased)")
+    data.add_argument("--max-seq-len", type=int, help=f"tokens per pair ({d.max_seq_len})")
+    data.add_argument("--short-seq-prob", type=float, help=f"({d.short_seq_prob})")
+    data.add_argument("--masked-lm-prob", type=float, help=f"({d.masked_lm_prob})")
+    data.add_argument("--max-predictions", type=int, help=f"per sequence ({d.max_predictions})")
+    data.add_argument("--no-nsp", dest="nsp", action="store_false",
+                      help="RoBERTa-style: full sentences, MLM loss only")
+    data.add_argument("--static-masking", action="store_true",
+                      help="the same pair always gets the same mask (default: dynamic)")
+    data.add_argument("--whole-word-masking", action="store_true")
+    data.add_argument("--eval-fraction", type=float, help=f"held-out documents ({d.eval_fraction})")
+    data.add_argument("--eval-batches", type=int, help=f"({d.eval_batches})")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", choices=list(PRESETS), help=f"size ({d.preset})")
+    model.add_argument("--layers", type=int)
+    model.add_argument("--hidden", type=int)
+    model.add_argument("--heads", type=int)
+    model.add_argument("--intermediate", type=int)
+    model.add_argument("--dropout", type=float)
+    model.add_argument("--attention-dropout", type=float)
+    model.add_argument("--max-position-embeddings", type=int)
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, help=f"pairs per micro-batch ({d.batch_size})")
+    opt.add_argument("--grad-accum", type=int, help=f"micro-batches per step ({d.grad_accum})")
+    opt.add_argument("--lr", type=float, help=f"peak learning rate ({d.lr})")
+    opt.add_argument("--weight-decay", type=float, help=f"({d.weight_decay})")
+    opt.add_argument("--warmup-steps", type=int, help=f"({d.warmup_steps})")
+    opt.add_argument("--clip-norm", type=float, help=f"({d.clip_norm})")
+    opt.add_argument("--max-steps", type=int)
+    opt.add_argument("--time-budget", metavar="DURATION", help="wall clock, e.g. 90s, 10m, 2h")
+    opt.add_argument("--compile", action="store_true", help="torch.compile the model")
+    opt.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"({d.device})")
+    opt.add_argument("--seed", type=int, help=f"({d.seed})")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--log-every", type=int, help=f"steps ({d.log_every})")
+    run.add_argument("--eval-every", type=int, help=f"steps ({d.eval_every})")
+    run.add_argument("--save-every", type=int, help=f"steps ({d.save_every})")
+    run.add_argument("--keep-checkpoints", type=int, help=f"({d.keep_checkpoints})")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue a run: its directory (latest checkpoint) or a checkpoint-N")
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def config_from_args(args: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path | None]:
+    from training.checkpoint import resolve_resume
+
+    resume = Path(args.pop("resume")) if "resume" in args else None
+    values: dict[str, Any] = {}
+    if resume is not None:
+        resume = resolve_resume(resume)
+        saved = json.loads((resume / "train_config.json").read_text())
+        values.update(saved)
+        values["adam_betas"] = tuple(values["adam_betas"])
+    model_overrides = {_MODEL_FLAGS[k]: args.pop(k) for k in list(args) if k in _MODEL_FLAGS}
+    if resume is not None and model_overrides:
+        raise ValueError("model-shape flags cannot change on --resume")
+    if "time_budget" in args:
+        values["time_budget_s"] = parse_duration(args.pop("time_budget"))
+    values.update(args)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
+    if cfg.max_steps is None and cfg.time_budget_s is None:
+        raise ValueError("give --max-steps or --time-budget (or both)")
+    for name in ("batch_size", "grad_accum", "max_seq_len", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.max_seq_len < 8:
+        raise ValueError("--max-seq-len must be at least 8")
+    if not 0 < cfg.masked_lm_prob < 1:
+        raise ValueError("--masked-lm-prob must be between 0 and 1")
+    return cfg, model_overrides, resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    from training.checkpoint import CheckpointError
+    from training.corpus import CorpusError
+
+    try:
+        cfg, overrides, resume = config_from_args(args)
+        from training.trainer import train
+
+        train(cfg, overrides, resume)
+    except (CorpusError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"bert-pretrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bert-pretrain: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

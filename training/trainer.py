@@ -1,0 +1,478 @@
+"""The pretraining loop: data, model, AdamW, schedule, logging, evaluation, checkpoints.
+
+Exact resume: the model, optimizer and data-stream state are saved together, the learning rate
+is a function of the step, and dropout is reseeded from (seed, rank, step) at every step, so a
+run killed at any point and resumed from its last checkpoint repeats the same losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from training import checkpoint as ckpt
+from training.batches import Batch, BatchSource, split_documents
+from training.config import BertConfig, TrainConfig, preset
+from training.corpus import Corpus
+from training.io import write_text_atomic
+from training.masking import Masker
+from training.model import BertForPreTraining, PreTrainingOutput, pretraining_loss
+from training.pairs import PairGenerator
+from training.token_store import build_or_load
+from training.tokenizer import (
+    SpecialIds,
+    continuation_mask,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
+
+
+# -- distributed --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Rank:
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device_kind: str) -> Rank:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, NCCL on GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Rank()
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(choice: str, rank: Rank) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        torch.cuda.set_device(rank.local)
+        return torch.device("cuda", rank.local)
+    return torch.device(choice)
+
+
+# -- schedule and optimizer ---------------------------------------------------------------------
+def lr_factor(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Linear warmup over warmup_steps, then linear decay to 0 at max_steps (or, with only a
+    time budget, at the end of the budget)."""
+    warm = (step + 1) / max(1, cfg.warmup_steps)
+    if cfg.max_steps:
+        decay = (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps)
+    elif cfg.time_budget_s:
+        decay = 1.0 - elapsed / cfg.time_budget_s
+    else:
+        decay = 1.0
+    return max(0.0, min(warm, decay, 1.0))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and LayerNorm weights, as the original."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused or None
+    )
+
+
+# -- metrics ------------------------------------------------------------------------------------
+class Tally:
+    """Sums over the steps since the last log line, kept on the device to avoid syncs."""
+
+    FIELDS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.tokens = 0
+        self.steps = 0
+
+    @torch.no_grad()
+    def add(self, out: PreTrainingOutput, batch: Batch, losses: tuple[torch.Tensor, ...]) -> None:
+        total, mlm, nsp = (loss.detach().double() for loss in losses)
+        mlm_hit = (out.mlm_logits.argmax(-1) == batch.masked_labels).sum()
+        if batch.nsp_labels is not None:
+            nsp_hit = (out.nsp_logits.argmax(-1) == batch.nsp_labels).sum()
+            nsp_n = batch.nsp_labels.numel()
+        else:
+            nsp_hit, nsp_n = torch.zeros((), device=total.device), 0
+        row = torch.stack(
+            [
+                total,
+                mlm,
+                nsp,
+                mlm_hit.double(),
+                torch.tensor(float(batch.masked_labels.numel()), device=total.device),
+                nsp_hit.double(),
+                torch.tensor(float(nsp_n), device=total.device),
+            ]
+        )
+        self.sums += row.to(self.sums.device)
+        self.tokens += batch.num_tokens
+
+    def summary(self, micro_batches: int, rank: Rank) -> dict[str, float]:
+        sums = self.sums.clone()
+        tokens = torch.tensor([float(self.tokens)], dtype=torch.float64, device=sums.device)
+        if rank.world > 1:
+            packed = torch.cat([sums, tokens]).cpu()
+            dist.all_reduce(packed)
+            sums, tokens = packed[:-1] / rank.world, packed[-1:]
+        values = dict(zip(self.FIELDS, sums.tolist(), strict=True))
+        n = max(1, micro_batches)
+        return {
+            "loss": values["loss"] / n,
+            "mlm_loss": values["mlm_loss"] / n,
+            "nsp_loss": values["nsp_loss"] / n,
+            "mlm_acc": values["mlm_correct"] / max(1.0, values["mlm_count"]),
+            "nsp_acc": values["nsp_correct"] / max(1.0, values["nsp_count"]),
+            "tokens": float(tokens.item()),
+        }
+
+
+# -- the run ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    cfg: TrainConfig
+    model_cfg: BertConfig
+    out: Path
+    rank: Rank
+    device: torch.device
+    tokenizer: Any
+    specials: SpecialIds
+    train_source: BatchSource
+    eval_batches: list[Batch]
+    model: BertForPreTraining
+    step: int = 0
+    elapsed: float = 0.0
+
+
+def prepare(cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | None) -> Run:
+    rank = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device, rank)
+    out = Path(cfg.out)
+    if rank.main:
+        out.mkdir(parents=True, exist_ok=True)
+    rank.barrier()
+    say = print if rank.main else (lambda *a, **k: None)
+
+    corpus = Corpus.open(cfg.corpus)
+    if resume is not None:
+        tokenizer = load_tokenizer(resume / "tokenizer.json")
+    elif cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, cfg.lowercase)
+    elif (out / "tokenizer.json").is_file() and _same_corpus(out, corpus.digest):
+        tokenizer = load_tokenizer(out / "tokenizer.json")
+    else:
+        if rank.main:
+            say(f"training a WordPiece vocabulary (<= {cfg.vocab_size}) on {corpus.name}")
+            trained = train_tokenizer(corpus.sentences(), cfg.vocab_size, cfg.lowercase)
+            save_tokenizer(trained, out, cfg.lowercase, cfg.max_seq_len)
+            write_text_atomic(out / "corpus_digest.txt", corpus.digest + "\n")
+        rank.barrier()
+        tokenizer = load_tokenizer(out / "tokenizer.json")
+    specials = SpecialIds.of(tokenizer)
+
+    if rank.main:
+        store, cached = build_or_load(corpus, tokenizer, progress=cfg.progress)
+    rank.barrier()
+    if not rank.main:
+        store, cached = build_or_load(corpus, tokenizer, progress=False)
+    meta = store.meta
+    say(
+        f"corpus {corpus.name}: {meta['documents']} documents, {meta['sentences']} sentences, "
+        f"{meta['tokens']} tokens{' (cached)' if cached else ''}"
+    )
+    if meta.get("bad_bytes"):
+        say(f"warning: {meta['bad_bytes']} invalid UTF-8 bytes replaced in {meta['bad_files']}")
+
+    if resume is not None:
+        model_cfg = BertConfig.load(resume / "config.json")
+    else:
+        overrides = dict(model_overrides)
+        overrides.setdefault("max_position_embeddings", max(512, cfg.max_seq_len))
+        model_cfg = preset(cfg.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
+    if model_cfg.vocab_size < tokenizer.get_vocab_size():
+        raise ValueError("the model's vocab_size is smaller than the tokenizer's vocabulary")
+    if cfg.max_seq_len > model_cfg.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings "
+            f"{model_cfg.max_position_embeddings}"
+        )
+
+    train_docs, eval_docs = split_documents(store.num_documents, cfg.eval_fraction, cfg.seed)
+    masker = Masker(
+        specials,
+        tokenizer.get_vocab_size(),
+        cfg.masked_lm_prob,
+        cfg.max_predictions,
+        continuation_mask(tokenizer) if cfg.whole_word_masking else None,
+    )
+
+    def source(docs: np.ndarray, seed: int, static: bool) -> BatchSource:
+        pairs = PairGenerator(
+            store, docs, specials, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp, seed
+        )
+        return BatchSource(pairs, masker, specials.pad, static)
+
+    train_source = source(train_docs, cfg.seed * 1000 + rank.rank, cfg.static_masking)
+    eval_batches = []
+    if len(eval_docs) >= 2 and cfg.eval_batches > 0:
+        eval_source = source(eval_docs, cfg.seed * 1000 + 999, True)
+        eval_batches = [eval_source.next_batch(cfg.batch_size) for _ in range(cfg.eval_batches)]
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = BertForPreTraining(model_cfg).to(device)
+    say(
+        f"model: {model_cfg.num_hidden_layers} layers x {model_cfg.hidden_size}, "
+        f"{model_cfg.num_attention_heads} heads, vocab {model_cfg.vocab_size}, "
+        f"{model.num_parameters() / 1e6:.2f}M parameters, on {device}"
+        + (f" x {rank.world} ranks" if rank.world > 1 else "")
+    )
+    return Run(cfg, model_cfg, out, rank, device, tokenizer, specials, train_source,
+               eval_batches, model)
+
+
+def _same_corpus(out: Path, digest: str) -> bool:
+    marker = out / "corpus_digest.txt"
+    return marker.is_file() and marker.read_text().strip() == digest
+
+
+@torch.no_grad()
+def evaluate(run: Run, forward: Any) -> dict[str, float]:
+    run.model.eval()
+    tally = Tally(run.device)
+    for batch in run.eval_batches:
+        batch = batch.to(run.device)
+        with autocast(run.device):
+            out = forward(batch)
+        tally.add(out, batch, pretraining_loss(out, batch.masked_labels, batch.nsp_labels))
+    run.model.train()
+    result = tally.summary(len(run.eval_batches), Rank())  # every rank sees the same batches
+    result.pop("tokens")
+    result.pop("loss")
+    if not run.cfg.nsp:
+        result.pop("nsp_loss")
+        result.pop("nsp_acc")
+    return result
+
+
+def autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def save(run: Run, optimizer: torch.optim.Optimizer, directory: Path, with_state: bool) -> None:
+    """Writes Contract 2 into `directory` (rank 0 only; data states gathered from all ranks)."""
+    data_states: list[Any] = [run.train_source.state_dict()]
+    if run.rank.world > 1:
+        data_states = [None] * run.rank.world
+        dist.all_gather_object(data_states, run.train_source.state_dict())
+    if not run.rank.main:
+        return
+    ckpt.save_model(run.model, directory)
+    save_tokenizer(run.tokenizer, directory, run.cfg.lowercase, run.cfg.max_seq_len)
+    write_text_atomic(directory / "train_config.json", run.cfg.to_json())
+    if with_state:
+        ckpt.save_training_state(
+            directory / ckpt.STATE_FILE,
+            {
+                "step": run.step,
+                "elapsed": run.elapsed,
+                "world_size": run.rank.world,
+                "optimizer": optimizer.state_dict(),
+                "data": data_states,
+            },
+        )
+
+
+def restore(run: Run, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    state = ckpt.load_training_state(directory / ckpt.STATE_FILE)
+    if state["world_size"] != run.rank.world:
+        raise ValueError(
+            f"{directory} was written by {state['world_size']} ranks; resume it with as many"
+        )
+    model = ckpt.load_model(directory)
+    run.model.load_state_dict(model.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    run.train_source.load_state_dict(state["data"][run.rank.rank])
+    run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
+
+
+@contextmanager
+def _logfile(path: Path, keep_through_step: int | None, enabled: bool) -> Iterator[Any]:
+    """metrics.jsonl, trimmed on resume to the lines up to the resumed step."""
+    if not enabled:
+        yield None
+        return
+    if keep_through_step is not None and path.is_file():
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= keep_through_step
+        ]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    elif keep_through_step is None:
+        path.unlink(missing_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        yield handle
+
+
+def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None,
+          resume: Path | None = None) -> Path:
+    """Runs pretraining; returns the run directory (a loadable checkpoint at the end)."""
+    run = prepare(cfg, model_overrides or {}, resume)
+    model, device, rank = run.model, run.device, run.rank
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    if resume is not None:
+        restore(run, optimizer, resume)
+        if rank.main:
+            print(f"resumed from {resume} at step {run.step}")
+    network: torch.nn.Module = model
+    if rank.world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not cfg.nsp,  # the pooler and NSP head idle without NSP
+        )
+    if cfg.compile:
+        network = torch.compile(network)  # type: ignore[assignment]
+
+    def forward(batch: Batch) -> PreTrainingOutput:
+        out: PreTrainingOutput = network(
+            batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.masked_positions
+        )
+        return out
+
+    deadline = cfg.time_budget_s
+    bar = tqdm(
+        total=cfg.max_steps, initial=run.step, disable=not (cfg.progress and rank.main),
+        desc="pretraining", unit="step", dynamic_ncols=True,
+    )
+    tally = Tally(device)
+    micro_batches = 0
+    window_start = time.perf_counter()
+    started = time.perf_counter() - run.elapsed
+    with _logfile(run.out / "metrics.jsonl", run.step if resume else None, rank.main) as log:
+        model.train()
+        while True:
+            run.elapsed = time.perf_counter() - started
+            if cfg.max_steps is not None and run.step >= cfg.max_steps:
+                break
+            if deadline is not None and run.elapsed >= deadline:
+                break
+            # dropout depends on (seed, rank, step) alone, so resumed steps repeat exactly
+            torch.manual_seed(hash((cfg.seed, rank.rank, run.step)) & 0x7FFF_FFFF)
+            lr = cfg.lr * lr_factor(cfg, run.step, run.elapsed)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.grad_accum):
+                batch = run.train_source.next_batch(cfg.batch_size).to(device)
+                sync = micro == cfg.grad_accum - 1 or rank.world == 1
+                context = nullcontext() if sync else network.no_sync()  # type: ignore[operator]
+                with context, autocast(device):
+                    out = forward(batch)
+                    losses = pretraining_loss(out, batch.masked_labels, batch.nsp_labels)
+                    (losses[0] / cfg.grad_accum).backward()
+                tally.add(out, batch, losses)
+                micro_batches += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            bar.update(1)
+
+            if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
+                window = time.perf_counter() - window_start
+                stats = tally.summary(micro_batches, rank)
+                tokens = stats.pop("tokens")
+                record = {"step": run.step, "split": "train", **stats, "lr": lr,
+                          "grad_norm": float(grad_norm), "tokens_per_s": tokens / window,
+                          "elapsed_s": time.perf_counter() - started}
+                if not cfg.nsp:
+                    record.pop("nsp_loss")
+                    record.pop("nsp_acc")
+                if not all(math.isfinite(v) for v in (stats["loss"], float(grad_norm))):
+                    raise FloatingPointError(f"loss or gradient is not finite at step {run.step}")
+                bar.set_postfix(_postfix(record), refresh=False)
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                tally, micro_batches, window_start = Tally(device), 0, time.perf_counter()
+
+            if run.eval_batches and cfg.eval_every and run.step % cfg.eval_every == 0:
+                _log_eval(run, forward, log)
+            if cfg.save_every and run.step % cfg.save_every == 0:
+                run.elapsed = time.perf_counter() - started
+                _save_checkpoint(run, optimizer)
+        bar.close()
+        if run.eval_batches and (not cfg.eval_every or run.step % cfg.eval_every):
+            _log_eval(run, forward, log)
+    if not cfg.save_every or run.step % cfg.save_every:
+        _save_checkpoint(run, optimizer)
+    save(run, optimizer, run.out, with_state=False)
+    if rank.main:
+        from training.plot import plot_metrics
+
+        plot_metrics(run.out / "metrics.jsonl", run.out / "training_curves.png")
+        print(f"done: {run.step} steps in {run.elapsed:.0f}s; model in {run.out}")
+    if rank.world > 1:
+        dist.destroy_process_group()
+    return run.out
+
+
+def _save_checkpoint(run: Run, optimizer: torch.optim.Optimizer) -> None:
+    if run.rank.main:
+        ckpt.write_checkpoint(
+            run.out, run.step, lambda tmp: save(run, optimizer, tmp, True),
+            run.cfg.keep_checkpoints,
+        )
+    elif run.rank.world > 1:
+        save(run, optimizer, run.out, with_state=True)  # joins the all_gather of data states
+    run.rank.barrier()
+
+
+def _log_eval(run: Run, forward: Any, log: Any) -> None:
+    result = evaluate(run, forward)
+    if log is not None:
+        log.write(json.dumps({"step": run.step, "split": "eval", **result}) + "\n")
+        log.flush()
+        tqdm.write("eval @ {}: {}".format(run.step, " ".join(
+            f"{k}={v:.4f}" for k, v in result.items())))
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    shown = {"loss": f"{record['loss']:.3f}", "mlm_acc": f"{record['mlm_acc']:.3f}"}
+    if "nsp_acc" in record:
+        shown["nsp_acc"] = f"{record['nsp_acc']:.3f}"
+    shown["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    shown["lr"] = f"{record['lr']:.2e}"
+    return shown
