@@ -119,7 +119,9 @@ def test_pairs_follow_the_original_generator():
         assert len(seq) <= 128
         a, b = seq[1 : seps[0]], seq[seps[0] + 1 : -1]
         assert len(a) and len(b)
-        assert (inst.segments[: seps[0] + 1] == 0).all() and (inst.segments[seps[0] + 1 :] == 1).all()
+        assert (inst.segments[: seps[0] + 1] == 0).all() and (
+            inst.segments[seps[0] + 1 :] == 1
+        ).all()
         doc_a = {_doc_of(store, t) for t in a}
         doc_b = {_doc_of(store, t) for t in b}
         assert len(doc_a) == 1 and len(doc_b) == 1
@@ -185,8 +187,9 @@ def test_masking_statistics_over_10000_pairs():
 def test_whole_word_masking_takes_all_pieces(english_tokenizer):
     ids = english_tokenizer.encode("unbelievably extraordinary circumstances " * 6).ids
     tokens = np.array(ids)
-    masker = Masker(SPECIALS, english_tokenizer.get_vocab_size(), 0.3, 20,
-                    continuation_mask(english_tokenizer))
+    masker = Masker(
+        SPECIALS, english_tokenizer.get_vocab_size(), 0.3, 20, continuation_mask(english_tokenizer)
+    )
     pieces = continuation_mask(english_tokenizer)[tokens]
     rng = np.random.default_rng(0)
     for _ in range(50):

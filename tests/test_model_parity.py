@@ -12,8 +12,12 @@ from training.config import BertConfig  # noqa: E402
 from training.model import BertForPreTraining, pretraining_loss  # noqa: E402
 
 TINY = BertConfig(
-    vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-    intermediate_size=64, max_position_embeddings=64,
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
 )
 
 
@@ -100,21 +104,56 @@ def test_worked_example_loss_is_ce_at_masks_plus_nsp(tmp_path):
     from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer
 
-    words = "calculus is a branch of math it was developed by newton and leibniz".split()
+    words = [
+        "calculus",
+        "is",
+        "a",
+        "branch",
+        "of",
+        "math",
+        "it",
+        "was",
+        "developed",
+        "by",
+        "newton",
+        "and",
+        "leibniz",
+    ]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok: Tokenizer = BertWordPieceTokenizer(str(tmp_path / "vocab.txt"))._tokenizer
     enc = tok.encode("calculus is a [MASK] of math", "it [MASK] developed by newton and leibniz")
-    assert enc.tokens == ["[CLS]", "calculus", "is", "a", "[MASK]", "of", "math", "[SEP]", "it",
-                          "[MASK]", "developed", "by", "newton", "and", "leibniz", "[SEP]"]
+    assert enc.tokens == [
+        "[CLS]",
+        "calculus",
+        "is",
+        "a",
+        "[MASK]",
+        "of",
+        "math",
+        "[SEP]",
+        "it",
+        "[MASK]",
+        "developed",
+        "by",
+        "newton",
+        "and",
+        "leibniz",
+        "[SEP]",
+    ]
     ids = torch.tensor([enc.ids])
     types = torch.tensor([enc.type_ids])
     mask_positions = torch.tensor([4, 9])
     labels = torch.tensor([tok.token_to_id("branch"), tok.token_to_id("was")])
     is_next = torch.tensor([0])
 
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=64)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
     torch.manual_seed(0)
     model = _trained_like(BertForPreTraining(cfg)).eval()
     with torch.no_grad():
@@ -123,7 +162,8 @@ def test_worked_example_loss_is_ce_at_masks_plus_nsp(tmp_path):
         full = model(ids, torch.ones_like(ids), types)
         logits = full.mlm_logits[0]  # (T, V)
         expected_mlm = (
-            -torch.log_softmax(logits[4], -1)[labels[0]] - torch.log_softmax(logits[9], -1)[labels[1]]
+            -torch.log_softmax(logits[4], -1)[labels[0]]
+            - torch.log_softmax(logits[9], -1)[labels[1]]
         ) / 2
         expected_nsp = -torch.log_softmax(full.nsp_logits[0], -1)[0]
     assert torch.allclose(mlm, expected_mlm, atol=1e-6)
@@ -136,5 +176,7 @@ def test_worked_example_loss_is_ce_at_masks_plus_nsp(tmp_path):
     hf_labels = torch.full_like(ids, -100)
     hf_labels[0, 4], hf_labels[0, 9] = labels
     with torch.no_grad():
-        hf_out = hf(input_ids=ids, token_type_ids=types, labels=hf_labels, next_sentence_label=is_next)
+        hf_out = hf(
+            input_ids=ids, token_type_ids=types, labels=hf_labels, next_sentence_label=is_next
+        )
     assert abs(float(hf_out.loss) - float(total)) <= 1e-5

@@ -103,11 +103,13 @@ class BatchSource:
         self.pairs.load_state_dict(state)
 
 
-def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_documents(
+    num_documents: int, eval_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out documents for evaluation: a fixed random share, at least 2 when any is asked
     for and the corpus can spare them (NSP negatives need another document)."""
     order = np.random.default_rng([seed, 7]).permutation(num_documents)
-    held = int(round(num_documents * eval_fraction))
+    held = round(num_documents * eval_fraction)
     if eval_fraction > 0:
         held = max(held, 2)
     if num_documents - held < 2:

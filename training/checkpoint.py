@@ -101,14 +101,28 @@ def load_model(directory: Path) -> Any:
 
 
 # -- checkpoint directories ---------------------------------------------------------------------
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(run_dir: Path, complete_only: bool = True) -> list[tuple[int, Path]]:
     found = []
     if run_dir.is_dir():
         for child in run_dir.iterdir():
             match = _CHECKPOINT.match(child.name)
-            if match and (child / STATE_FILE).is_file():
+            if match and (not complete_only or (child / STATE_FILE).is_file()):
                 found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def remove_tree(path: Path) -> None:
+    """Renames first, so a kill mid-delete never leaves a half checkpoint under a real name."""
+    doomed = path.with_name(f".deleting-{path.name}")
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Removes temporary directories left by a run that was killed while writing."""
+    for child in run_dir.glob(".*checkpoint-*"):
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def resolve_resume(path: Path) -> Path:
@@ -131,13 +145,13 @@ def write_checkpoint(run_dir: Path, step: int, fill: Any, keep: int) -> Path:
     try:
         fill(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            remove_tree(final)
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    for _, old in list_checkpoints(run_dir, complete_only=False)[:-keep] if keep > 0 else []:
+        remove_tree(old)
     return final
 
 

@@ -35,23 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = p.add_argument_group("data")
-    data.add_argument("--corpus", nargs="+", metavar="PATH",
-                      help="files, directories (*.txt) or globs; one sentence per line, blank "
-                      "line between documents (default: the embedded pydoc corpus)")
+    data.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="PATH",
+        help="files, directories (*.txt) or globs; one sentence per line, blank "
+        "line between documents (default: the embedded pydoc corpus)",
+    )
     data.add_argument("--out", help=f"run directory (default {d.out})")
-    data.add_argument("--tokenizer", "--vocab", dest="tokenizer", metavar="PATH",
-                      help="reuse a tokenizer.json or vocab.txt instead of training one")
+    data.add_argument(
+        "--tokenizer",
+        "--vocab",
+        dest="tokenizer",
+        metavar="PATH",
+        help="reuse a tokenizer.json or vocab.txt instead of training one",
+    )
     data.add_argument("--vocab-size", type=int, help=f"WordPiece size to train ({d.vocab_size})")
-    data.add_argument("--no-lowercase", dest="lowercase", action="store_false",
-                      help="keep case (default: lowercase, as bert-base-uncased)")
+    data.add_argument(
+        "--no-lowercase",
+        dest="lowercase",
+        action="store_false",
+        help="keep case (default: lowercase, as bert-base-uncased)",
+    )
     data.add_argument("--max-seq-len", type=int, help=f"tokens per pair ({d.max_seq_len})")
     data.add_argument("--short-seq-prob", type=float, help=f"({d.short_seq_prob})")
     data.add_argument("--masked-lm-prob", type=float, help=f"({d.masked_lm_prob})")
     data.add_argument("--max-predictions", type=int, help=f"per sequence ({d.max_predictions})")
-    data.add_argument("--no-nsp", dest="nsp", action="store_false",
-                      help="RoBERTa-style: full sentences, MLM loss only")
-    data.add_argument("--static-masking", action="store_true",
-                      help="the same pair always gets the same mask (default: dynamic)")
+    data.add_argument(
+        "--no-nsp",
+        dest="nsp",
+        action="store_false",
+        help="RoBERTa-style: full sentences, MLM loss only",
+    )
+    data.add_argument(
+        "--static-masking",
+        action="store_true",
+        help="the same pair always gets the same mask (default: dynamic)",
+    )
     data.add_argument("--whole-word-masking", action="store_true")
     data.add_argument("--eval-fraction", type=float, help=f"held-out documents ({d.eval_fraction})")
     data.add_argument("--eval-batches", type=int, help=f"({d.eval_batches})")
@@ -84,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int, help=f"steps ({d.eval_every})")
     run.add_argument("--save-every", type=int, help=f"steps ({d.save_every})")
     run.add_argument("--keep-checkpoints", type=int, help=f"({d.keep_checkpoints})")
-    run.add_argument("--resume", metavar="DIR",
-                     help="continue a run: its directory (latest checkpoint) or a checkpoint-N")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue a run: its directory (latest checkpoint) or a checkpoint-N",
+    )
     run.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 

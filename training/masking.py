@@ -36,14 +36,17 @@ class Masker:
     ) -> None:
         self.mask_id = specials.mask
         self.never = np.array([specials.cls, specials.sep, specials.pad])
-        all_special = np.array([specials.pad, specials.unk, specials.cls, specials.sep, specials.mask])
+        all_special = np.array(
+            [specials.pad, specials.unk, specials.cls, specials.sep, specials.mask]
+        )
         self.random_pool = np.setdiff1d(np.arange(vocab_size), all_special)
         self.prob = masked_lm_prob
         self.max_predictions = max_predictions
         self.continuation = continuation
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Masked:
-        candidates = np.flatnonzero(~np.isin(tokens, self.never))
+        never = (tokens == self.never[0]) | (tokens == self.never[1]) | (tokens == self.never[2])
+        candidates = np.flatnonzero(~never)
         expected = len(candidates) * self.prob
         count = int(expected) + int(rng.random() < expected - int(expected))
         count = min(max(1, count), self.max_predictions, len(candidates))

@@ -257,8 +257,10 @@ def pretraining_loss(
 
 
 def flops_per_token(cfg: BertConfig, seq_len: int, masked_fraction: float = 0.15) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward), for MFU figures."""
-    H, L, I, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
-    per_layer = 2 * (4 * H * H + 2 * H * I) + 2 * 2 * seq_len * H  # matmuls + attention scores
-    head = masked_fraction * 2 * (H * H + H * V)
-    return 3 * (L * per_layer + head + 2 * H * 2)
+    """Training FLOPs per token (backward = 2x forward), for MFU figures. Counts the matmuls:
+    Q, K, V and output projections, the feed-forward, attention scores and the MLM head at the
+    masked share of positions."""
+    hidden, inter, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * seq_len * hidden
+    head = masked_fraction * 2 * (hidden * hidden + hidden * vocab)
+    return 3 * (cfg.num_hidden_layers * per_layer + head)

@@ -57,7 +57,13 @@ def train_tokenizer(
         limit_alphabet=20000,  # keep every CJK character that occurs; each is a whole token
         show_progress=False,
     )
-    return wordpiece._tokenizer
+    # The trainer's id order varies between runs (hash-map ties); WordPiece only needs the
+    # set, so ids are re-assigned in a canonical order to make runs with one seed identical.
+    learned = sorted(set(wordpiece.get_vocab()) - set(SPECIAL_TOKENS))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + learned)}
+    return BertWordPieceTokenizer(
+        vocab, clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )._tokenizer
 
 
 def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:

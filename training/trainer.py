@@ -108,7 +108,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> tor
 class Tally:
     """Sums over the steps since the last log line, kept on the device to avoid syncs."""
 
-    FIELDS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
+    FIELDS = (
+        "loss",
+        "mlm_loss",
+        "nsp_loss",
+        "mlm_correct",
+        "mlm_count",
+        "nsp_correct",
+        "nsp_count",
+    )
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
@@ -180,6 +188,7 @@ def prepare(cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | No
     out = Path(cfg.out)
     if rank.main:
         out.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale(out)
     rank.barrier()
     say = print if rank.main else (lambda *a, **k: None)
 
@@ -256,8 +265,9 @@ def prepare(cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | No
         f"{model.num_parameters() / 1e6:.2f}M parameters, on {device}"
         + (f" x {rank.world} ranks" if rank.world > 1 else "")
     )
-    return Run(cfg, model_cfg, out, rank, device, tokenizer, specials, train_source,
-               eval_batches, model)
+    return Run(
+        cfg, model_cfg, out, rank, device, tokenizer, specials, train_source, eval_batches, model
+    )
 
 
 def _same_corpus(out: Path, digest: str) -> bool:
@@ -346,8 +356,9 @@ def _logfile(path: Path, keep_through_step: int | None, enabled: bool) -> Iterat
         yield handle
 
 
-def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None,
-          resume: Path | None = None) -> Path:
+def train(
+    cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resume: Path | None = None
+) -> Path:
     """Runs pretraining; returns the run directory (a loadable checkpoint at the end)."""
     run = prepare(cfg, model_overrides or {}, resume)
     model, device, rank = run.model, run.device, run.rank
@@ -374,8 +385,12 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None,
 
     deadline = cfg.time_budget_s
     bar = tqdm(
-        total=cfg.max_steps, initial=run.step, disable=not (cfg.progress and rank.main),
-        desc="pretraining", unit="step", dynamic_ncols=True,
+        total=cfg.max_steps,
+        initial=run.step,
+        disable=not (cfg.progress and rank.main),
+        desc="pretraining",
+        unit="step",
+        dynamic_ncols=True,
     )
     tally = Tally(device)
     micro_batches = 0
@@ -414,9 +429,15 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None,
                 window = time.perf_counter() - window_start
                 stats = tally.summary(micro_batches, rank)
                 tokens = stats.pop("tokens")
-                record = {"step": run.step, "split": "train", **stats, "lr": lr,
-                          "grad_norm": float(grad_norm), "tokens_per_s": tokens / window,
-                          "elapsed_s": time.perf_counter() - started}
+                record = {
+                    "step": run.step,
+                    "split": "train",
+                    **stats,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens / window,
+                    "elapsed_s": time.perf_counter() - started,
+                }
                 if not cfg.nsp:
                     record.pop("nsp_loss")
                     record.pop("nsp_acc")
@@ -452,7 +473,9 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None,
 def _save_checkpoint(run: Run, optimizer: torch.optim.Optimizer) -> None:
     if run.rank.main:
         ckpt.write_checkpoint(
-            run.out, run.step, lambda tmp: save(run, optimizer, tmp, True),
+            run.out,
+            run.step,
+            lambda tmp: save(run, optimizer, tmp, True),
             run.cfg.keep_checkpoints,
         )
     elif run.rank.world > 1:
@@ -465,8 +488,9 @@ def _log_eval(run: Run, forward: Any, log: Any) -> None:
     if log is not None:
         log.write(json.dumps({"step": run.step, "split": "eval", **result}) + "\n")
         log.flush()
-        tqdm.write("eval @ {}: {}".format(run.step, " ".join(
-            f"{k}={v:.4f}" for k, v in result.items())))
+        tqdm.write(
+            "eval @ {}: {}".format(run.step, " ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        )
 
 
 def _postfix(record: dict[str, Any]) -> dict[str, str]:

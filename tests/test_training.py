@@ -1,0 +1,315 @@
+"""End-to-end pretraining runs: overfitting, exact resume after SIGKILL, torchrun DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA, REPO
+
+TINY_CORPUS = """\
+calculus is a branch of mathematics.
+it was developed by newton and leibniz.
+derivatives measure change.
+
+the river flows past the old mill.
+children swim there every summer.
+parents watch from the bridge.
+
+a violin has four strings.
+players tune them before each concert.
+
+bees collect nectar from flowers.
+they turn it into honey.
+"""
+
+
+def _pretrain(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "training", "--no-progress", *args]
+    result = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+@torch.no_grad()
+def _mlm_accuracy(run_dir: Path, corpus: Path, batches: int = 20) -> float:
+    from training.batches import BatchSource
+    from training.checkpoint import load_model
+    from training.corpus import Corpus
+    from training.masking import Masker
+    from training.pairs import PairGenerator
+    from training.token_store import build_or_load
+    from training.tokenizer import SpecialIds, load_tokenizer
+
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    specials = SpecialIds.of(tokenizer)
+    store, _ = build_or_load(Corpus.open([str(corpus)]), tokenizer, progress=False)
+    pairs = PairGenerator(store, np.arange(store.num_documents), specials, 32, 0.0, True, 123)
+    source = BatchSource(pairs, Masker(specials, tokenizer.get_vocab_size()), specials.pad)
+    model = load_model(run_dir).eval()
+    hits = total = 0
+    for _ in range(batches):
+        b = source.next_batch(32)
+        out = model(b.input_ids, b.attention_mask, b.token_type_ids, b.masked_positions)
+        hits += int((out.mlm_logits.argmax(-1) == b.masked_labels).sum())
+        total += len(b.masked_labels)
+    return hits / total
+
+
+def test_tiny_model_overfits_a_small_corpus_in_under_a_minute(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_CORPUS)
+    started = time.perf_counter()
+    _pretrain(
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "900",
+        "--dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--lr",
+        "2e-3",
+        "--warmup-steps",
+        "20",
+        "--max-seq-len",
+        "32",
+        "--batch-size",
+        "16",
+        "--eval-fraction",
+        "0",
+        "--save-every",
+        "0",
+        "--log-every",
+        "50",
+        "--vocab-size",
+        "200",
+    )
+    elapsed = time.perf_counter() - started
+    accuracy = _mlm_accuracy(tmp_path / "run", corpus)
+    print(f"overfit: MLM accuracy {accuracy:.3f} in {elapsed:.1f}s")
+    assert accuracy >= 0.9, accuracy
+    assert elapsed < 60, f"took {elapsed:.0f}s"
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+
+
+RESUME_ARGS = (
+    "--corpus",
+    str(DATA / "english.txt"),
+    "--preset",
+    "tiny",
+    "--max-steps",
+    "40",
+    "--max-seq-len",
+    "64",
+    "--batch-size",
+    "8",
+    "--log-every",
+    "1",
+    "--save-every",
+    "5",
+    "--eval-every",
+    "10",
+    "--eval-batches",
+    "2",
+    "--warmup-steps",
+    "5",
+)
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses(tmp_path, english_tokenizer):
+    english_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    args = (*RESUME_ARGS, "--tokenizer", str(tmp_path / "tokenizer.json"))
+    whole = tmp_path / "whole"
+    _pretrain(*args, "--out", str(whole))
+    expected = _losses(whole)
+    assert sorted(expected) == list(range(1, 41))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "training", "--no-progress", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint-15").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint-40").exists(), "the kill came too late to test resume"
+
+    _pretrain("--resume", str(killed))
+    resumed = _losses(killed)
+    assert sorted(resumed) == list(range(1, 41))
+    for step in range(1, 41):
+        assert abs(resumed[step] - expected[step]) <= 1e-6, (step, resumed[step], expected[step])
+    # only the newest checkpoints are kept
+    assert {p.name for p in killed.glob("checkpoint-*")} == {"checkpoint-35", "checkpoint-40"}
+
+
+def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, sys, torch\n"
+        "from safetensors.torch import save_file\n"
+        "from training.config import TrainConfig\n"
+        "from training import trainer\n"
+        "cfg = TrainConfig(out=sys.argv[1], corpus=[sys.argv[2]], max_steps=4, batch_size=4,\n"
+        "                  max_seq_len=32, vocab_size=500, log_every=1, save_every=0,\n"
+        "                  eval_every=0, eval_fraction=0, progress=False)\n"
+        "seen = []\n"
+        "original = trainer.BatchSource.next_batch\n"
+        "def spy(self, n):\n"
+        "    batch = original(self, n)\n"
+        "    seen.append(batch.input_ids)\n"
+        "    return batch\n"
+        "trainer.BatchSource.next_batch = spy\n"
+        "run_model = {}\n"
+        "original_prepare = trainer.prepare\n"
+        "def keep(*a, **k):\n"
+        "    run = original_prepare(*a, **k)\n"
+        "    run_model['m'] = run.model\n"
+        "    return run\n"
+        "trainer.prepare = keep\n"
+        "trainer.train(cfg)\n"
+        "rank = os.environ['RANK']\n"
+        "state = {k: v.contiguous() for k, v in run_model['m'].state_dict().items()}\n"
+        "state['first_batch'] = seen[0]\n"
+        "save_file(state, os.path.join(sys.argv[1], f'rank{rank}.safetensors'))\n"
+    )
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            str(worker),
+            str(out),
+            str(DATA / "english.txt"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert not torch.equal(rank0.pop("first_batch"), rank1.pop("first_batch"))  # own data
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), name
+    assert (out / "model.safetensors").is_file() and len(_losses(out)) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--corpus", "/no/such/file.txt", "--max-steps", "1"], "does not exist"),
+        (["--corpus", "{empty}", "--max-steps", "1"], "holds no text"),
+        (["--max-steps", "1", "--resume", "/no/such/run"], "nothing to resume"),
+        (["--out", "{tmp}/r"], "--max-steps or --time-budget"),
+        (["--max-steps", "1", "--time-budget", "ten minutes"], "cannot read duration"),
+        (
+            ["--corpus", "{one_doc}", "--max-steps", "1", "--eval-fraction", "0"],
+            "at least 2 documents",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "one.txt").write_text("only one document here.\nstill the same one.\n")
+    args = [
+        a.format(empty=tmp_path / "empty.txt", tmp=tmp_path, one_doc=tmp_path / "one.txt")
+        for a in args
+    ]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
+    result = _pretrain(*args, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bert-pretrain: error:") and message in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    started = time.perf_counter()
+    _pretrain(
+        "--corpus",
+        str(DATA / "english.txt"),
+        "--out",
+        str(tmp_path / "r"),
+        "--time-budget",
+        "4s",
+        "--max-seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--vocab-size",
+        "500",
+        "--eval-fraction",
+        "0",
+    )
+    assert time.perf_counter() - started < 60
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+
+
+def test_whole_word_no_nsp_and_static_options_train(tmp_path):
+    _pretrain(
+        "--corpus",
+        str(DATA / "english.txt"),
+        "--out",
+        str(tmp_path / "r"),
+        "--max-steps",
+        "3",
+        "--max-seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--vocab-size",
+        "500",
+        "--no-nsp",
+        "--whole-word-masking",
+        "--static-masking",
+        "--eval-fraction",
+        "0.1",
+        "--eval-every",
+        "3",
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {"train", "eval"} == {r["split"] for r in rows}
+    assert all("nsp_acc" not in r for r in rows)
