@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import preset  # noqa: E402
-from training.model import BertForPreTraining, flops_per_token, pretraining_loss  # noqa: E402
+from training.config import preset
+from training.model import BertForPreTraining, flops_per_token, pretraining_loss
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: torch.device, seed: int = 0):
@@ -43,9 +43,13 @@ def make_batch(vocab: int, batch: int, seq: int, device: torch.device, seed: int
     nsp = torch.randint(0, 2, (batch,), generator=g)
     to = {"device": device}
     return {
-        "ids": ids.to(**to), "mask": torch.ones_like(ids).to(**to), "types": types.to(**to),
-        "positions": positions.to(**to), "labels": labels.to(**to),
-        "hf_labels": hf_labels.to(**to), "nsp": nsp.to(**to),
+        "ids": ids.to(**to),
+        "mask": torch.ones_like(ids).to(**to),
+        "types": types.to(**to),
+        "positions": positions.to(**to),
+        "labels": labels.to(**to),
+        "hf_labels": hf_labels.to(**to),
+        "nsp": nsp.to(**to),
     }
 
 
@@ -86,7 +90,8 @@ def main() -> None:
     theirs.to(device).train()
     batch = make_batch(cfg.vocab_size, args.batch_size, args.seq_len, device)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
         else contextlib.nullcontext()
     )
     fused = device.type == "cuda"
@@ -101,6 +106,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return step
 
     def ours_forward(model):
@@ -108,9 +114,13 @@ def main() -> None:
         return pretraining_loss(out, batch["labels"], batch["nsp"])[0]
 
     def theirs_forward(model):
-        return model(input_ids=batch["ids"], attention_mask=batch["mask"],
-                     token_type_ids=batch["types"], labels=batch["hf_labels"],
-                     next_sentence_label=batch["nsp"]).loss
+        return model(
+            input_ids=batch["ids"],
+            attention_mask=batch["mask"],
+            token_type_ids=batch["types"],
+            labels=batch["hf_labels"],
+            next_sentence_label=batch["nsp"],
+        ).loss
 
     steps = {
         "ours": make_step(ours, opt_ours, ours_forward),
@@ -128,14 +138,20 @@ def main() -> None:
             times[name].append(timed(step, device, args.iters))
     tokens = args.batch_size * args.seq_len
     figures: dict[str, object] = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-        or platform.machine(),
-        "threads": torch.get_num_threads(), "preset": args.preset, "seq_len": args.seq_len,
-        "batch_size": args.batch_size, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "preset": args.preset,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-    print(f"{args.preset} preset, batch {args.batch_size} x seq {args.seq_len} on {device} "
-          f"({figures['device']}, {torch.get_num_threads()} threads)")
+    print(
+        f"{args.preset} preset, batch {args.batch_size} x seq {args.seq_len} on {device} "
+        f"({figures['device']}, {torch.get_num_threads()} threads)"
+    )
     for name, samples in times.items():
         per_step = statistics.median(samples)
         rate = tokens / per_step

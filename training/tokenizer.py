@@ -77,7 +77,11 @@ def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
     if path.suffix == ".json":
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
+        # HF folders often save padding/truncation settings; callers decide those themselves
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
     wordpiece = BertWordPieceTokenizer(
         str(path), clean_text=True, handle_chinese_chars=True, lowercase=lowercase
     )

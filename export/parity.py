@@ -1,0 +1,177 @@
+"""The parity gate: every variant against the PyTorch model on the same real inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.parity_inputs import CALIBRATION, PAIRS, SENTENCES
+from export.source import Source
+from service.pooling import cosine, pool
+
+# (max abs diff of last_hidden_state, min cosine, mean cosine, fill-mask top-1 agreement)
+GATES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_diff": 1e-4, "min_cosine": 0.99999},
+    "fp16": {"min_cosine": 0.999},
+    "int8": {"mean_cosine": 0.99, "min_cosine": 0.97, "fill_mask_top1": 0.95},
+}
+
+
+@dataclass
+class Batch:
+    arrays: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids: (B, T) int64
+
+    def torch(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+
+
+def encode(source: Source, texts: list[Any], max_len: int | None = None) -> Batch:
+    """Tokenizes single texts or (a, b) pairs, truncates to max_len, pads to the longest."""
+    tok = source.tokenizer
+    max_len = max_len or source.max_seq_len
+    tok.enable_truncation(max_len)
+    try:
+        encodings = tok.encode_batch(texts)
+    finally:
+        tok.no_truncation()
+    width = max(len(e.ids) for e in encodings)
+    pad = tok.token_to_id("[PAD]") or 0
+    arrays = {
+        "input_ids": np.full((len(texts), width), pad, dtype=np.int64),
+        "attention_mask": np.zeros((len(texts), width), dtype=np.int64),
+        "token_type_ids": np.zeros((len(texts), width), dtype=np.int64),
+    }
+    for row, e in enumerate(encodings):
+        n = len(e.ids)
+        arrays["input_ids"][row, :n] = e.ids
+        arrays["attention_mask"][row, :n] = 1
+        arrays["token_type_ids"][row, :n] = e.type_ids
+    return Batch(arrays)
+
+
+def parity_batches(source: Source) -> list[Batch]:
+    """Padded batches of mixed lengths, one single-sentence batch, and the pairs."""
+    order = sorted(range(len(SENTENCES)), key=lambda i: (i * 7) % len(SENTENCES))
+    mixed = [SENTENCES[i] for i in order]
+    batches = [encode(source, mixed[i : i + 6]) for i in range(0, len(mixed), 6)]
+    batches.append(encode(source, [SENTENCES[3]]))
+    batches.append(encode(source, list(PAIRS)))
+    return batches
+
+
+def session(path: Any, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _masked_copy(batch: Batch, mask_id: int, special: set[int]) -> tuple[Batch, np.ndarray]:
+    """Every 6th real non-special token replaced by [MASK]; returns flat positions."""
+    ids = batch.arrays["input_ids"].copy()
+    positions = []
+    for row in range(ids.shape[0]):
+        cols = [
+            c
+            for c in range(ids.shape[1])
+            if batch.arrays["attention_mask"][row, c] and int(ids[row, c]) not in special
+        ]
+        for c in cols[1::6] or cols[:1]:
+            ids[row, c] = mask_id
+            positions.append(row * ids.shape[1] + c)
+    return Batch({**batch.arrays, "input_ids": ids}), np.array(positions, dtype=np.int64)
+
+
+@torch.no_grad()
+def measure(
+    source: Source, encoder: Any, mlm_head: Any | None, nsp_head: Any | None, pooling: str
+) -> dict[str, float]:
+    """Runs one variant's sessions and the PyTorch model on the parity inputs."""
+    model = source.model
+    max_diff = 0.0
+    cosines: list[np.ndarray] = []
+    pooler_diff = nsp_diff = 0.0
+    top1_hits = top1_total = 0
+    specials = {source.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    mask_id = source.tokenizer.token_to_id("[MASK]")
+    for batch in parity_batches(source):
+        ref_hidden, ref_pooled = model.bert(**batch.torch())
+        outs = encoder.run(None, batch.arrays)
+        hidden = outs[0].astype(np.float32)
+        real = batch.arrays["attention_mask"].astype(bool)
+        max_diff = max(max_diff, float(np.abs(hidden[real] - ref_hidden.numpy()[real]).max()))
+        pooled_ort = outs[1] if len(outs) > 1 else None
+        ours = pool(hidden, batch.arrays["attention_mask"], pooling, pooled_ort)
+        ref = pool(ref_hidden.numpy(), batch.arrays["attention_mask"], pooling, ref_pooled.numpy())
+        cosines.append(cosine(ours, ref))
+        if pooled_ort is not None and source.has_pooler:
+            pooler_diff = max(pooler_diff, float(np.abs(pooled_ort - ref_pooled.numpy()).max()))
+        if nsp_head is not None and pooled_ort is not None:
+            logits = nsp_head.run(None, {"pooled": pooled_ort.astype(np.float32)})[0]
+            ref_logits = model.cls.seq_relationship(ref_pooled).numpy()
+            nsp_diff = max(nsp_diff, float(np.abs(logits - ref_logits).max()))
+        if mlm_head is not None and mask_id is not None:
+            masked, positions = _masked_copy(batch, mask_id, specials)
+            ref_h, _ = model.bert(**masked.torch())
+            ref_logits = model.cls.predictions(ref_h.reshape(-1, ref_h.shape[-1])[positions])
+            h = encoder.run(["last_hidden_state"], masked.arrays)[0].astype(np.float32)
+            logits = mlm_head.run(None, {"hidden": h.reshape(-1, h.shape[-1])[positions]})[0]
+            top1_hits += int((logits.argmax(-1) == ref_logits.numpy().argmax(-1)).sum())
+            top1_total += len(positions)
+    all_cos = np.concatenate(cosines)
+    result = {
+        "max_abs_diff": max_diff,
+        "min_cosine": float(all_cos.min()),
+        "mean_cosine": float(all_cos.mean()),
+        "sentences": len(all_cos),
+    }
+    if source.has_pooler:
+        result["pooler_max_abs_diff"] = pooler_diff
+    if nsp_head is not None:
+        result["nsp_max_abs_diff"] = nsp_diff
+    if mlm_head is not None and top1_total:
+        result["fill_mask_top1"] = top1_hits / top1_total
+    return result
+
+
+def failures(precision: str, figures: dict[str, float]) -> list[str]:
+    """The gate's verdict: a list of the figures that miss their bound (empty = pass)."""
+    missed = []
+    for key, bound in GATES.get(precision, {}).items():
+        if key not in figures:
+            continue
+        value = figures[key]
+        ok = value <= bound if key == "max_abs_diff" else value >= bound
+        if not ok:
+            missed.append(
+                f"{key} {value:.6g} (needs {'<=' if key == 'max_abs_diff' else '>='} {bound})"
+            )
+    return missed
+
+
+def calibration_scorer(source: Source, fp32_graph: Any, pooling: str) -> Any:
+    """A function int8 graph -> (mean, min) sentence cosine against the fp32 graph on the
+    calibration sentences (kept apart from the parity sentences that judge the result)."""
+    batches = [encode(source, CALIBRATION[i : i + 9]) for i in range(0, len(CALIBRATION), 9)]
+    reference = session(fp32_graph)
+
+    def embed(sess: ort.InferenceSession, batch: Batch) -> np.ndarray:
+        outs = sess.run(None, batch.arrays)
+        return pool(
+            outs[0], batch.arrays["attention_mask"], pooling, outs[1] if len(outs) > 1 else None
+        )
+
+    expected = [embed(reference, b) for b in batches]
+
+    def score(path: Any) -> tuple[float, float]:
+        sess = session(path)
+        cos = np.concatenate(
+            [cosine(embed(sess, b), e) for b, e in zip(batches, expected, strict=True)]
+        )
+        return float(cos.mean()), float(cos.min())
+
+    return score

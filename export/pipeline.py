@@ -1,0 +1,230 @@
+"""Checkpoint -> serving artifact (Contract 3), built in a temporary directory and renamed into
+place with the manifest written last, so a half-built artifact is never mistaken for one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from export import graphs, parity, variants
+from export.source import Source, load_source
+from service.artifact import FORMAT_VERSION, MANIFEST, sha256_file
+from training.io import write_text_atomic
+
+
+class ParityError(RuntimeError):
+    """The fp32 graph does not reproduce PyTorch: the export is refused."""
+
+
+@dataclass
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    quantization: str = variants.DEFAULT_QUANT
+    pooling: str | None = None  # default: from sentence-transformers config, else mean
+    max_seq_len: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    try:
+        ours = version("bertserve")
+    except PackageNotFoundError:
+        ours = "dev"
+    return {
+        "bertserve": ours,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def export_artifact(checkpoint: Path, out: Path, options: ExportOptions) -> dict[str, Any]:
+    source = load_source(checkpoint)
+    for precision in options.precisions:
+        if precision not in parity.GATES:
+            raise ValueError(f"unknown precision {precision!r}; choose from fp32, int8, fp16")
+    if "fp32" not in options.precisions:
+        options.precisions = ("fp32", *options.precisions)  # every variant derives from it
+    if options.max_seq_len:
+        if options.max_seq_len > source.config.max_position_embeddings:
+            raise ValueError(
+                f"--max-seq-len {options.max_seq_len} exceeds the model's "
+                f"{source.config.max_position_embeddings} positions"
+            )
+        source.max_seq_len = options.max_seq_len
+    pooling = options.pooling or source.pooling
+    if pooling == "pooler" and not source.has_pooler:
+        raise ValueError("--pooling pooler needs a model with a pooler")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _build(source, tmp, options, pooling)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> dict[str, Any]:
+    cfg = source.config
+    heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+    steps = (
+        ["export encoder", "fuse fp32"]
+        + [f"build {p}" for p in options.precisions if p != "fp32"]
+        + ["export heads", "parity"]
+    )
+    bar = tqdm(total=len(steps), desc="export", unit="step", disable=not options.progress)
+
+    def advance(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    raw = root / "encoder.raw.onnx"
+    graphs.export_encoder(source.model, raw, with_pooler=True)
+    advance("encoder exported")
+    (root / "fp32").mkdir()
+    entries: dict[str, dict[str, Any]] = {}
+    fusions = variants.optimize_fp32(raw, root / "fp32" / "encoder.onnx", heads, hidden)
+    entries["fp32"] = {"precision": "fp32", "encoder": "fp32/encoder.onnx", "fusions": fusions}
+    advance("fp32 fused")
+    if "int8" in options.precisions:
+        fp32_graph = root / "fp32" / "encoder.onnx"
+        search_log: list[dict[str, Any]] = []
+        if options.quantization == variants.AUTO:
+            scorer = parity.calibration_scorer(source, fp32_graph, pooling)
+            plan, search_log = variants.search_int8_plan(fp32_graph, scorer)
+        else:
+            plan = variants.QUANT_PRESETS[options.quantization]
+        (root / "int8").mkdir()
+        kept = variants.quantize_int8(fp32_graph, root / "int8" / "encoder.onnx", plan)
+        entries["int8"] = {
+            "precision": "int8",
+            "encoder": "int8/encoder.onnx",
+            "fusions": fusions,
+            "quantization": {
+                "preset": options.quantization,
+                "plan": plan.describe(),
+                "kept_fp32": kept,
+                "search": search_log,
+            },
+        }
+        advance("int8 quantized")
+    if "fp16" in options.precisions:
+        (root / "fp16").mkdir()
+        variants.convert_fp16(raw, root / "fp16" / "encoder.onnx", heads, hidden)
+        entries["fp16"] = {"precision": "fp16", "encoder": "fp16/encoder.onnx", "fusions": fusions}
+        advance("fp16 converted")
+    raw.unlink()
+    mlm = nsp = None
+    if source.has_mlm or source.has_nsp:
+        (root / "heads").mkdir()
+    if source.has_mlm:
+        graphs.export_mlm_head(source.model, root / "heads" / "mlm_head.onnx")
+        mlm = "heads/mlm_head.onnx"
+    if source.has_nsp and source.has_pooler:
+        graphs.export_nsp_head(source.model, root / "heads" / "nsp_head.onnx")
+        nsp = "heads/nsp_head.onnx"
+    advance("heads exported")
+    write_text_atomic(root / "tokenizer.json", source.tokenizer.to_str())
+
+    mlm_session = parity.session(root / mlm) if mlm else None
+    nsp_session = parity.session(root / nsp) if nsp else None
+    for name, entry in entries.items():
+        entry["mlm_head"], entry["nsp_head"] = mlm, nsp
+        try:
+            figures = parity.measure(
+                source, parity.session(root / entry["encoder"]), mlm_session, nsp_session, pooling
+            )
+        except Exception as exc:  # e.g. fp16 kernels missing on this CPU provider
+            if name == "fp32":
+                raise
+            entry["parity"] = {"error": f"not measured here: {str(exc).splitlines()[0][:200]}"}
+            entry["rejected"] = True
+            tqdm.write(
+                f"warning: {name} parity could not be measured on CPU; marked rejected "
+                "(serve it with --precision {name} on a GPU after checking it there)"
+            )
+            continue
+        missed = parity.failures(name, figures)
+        entry["parity"] = {**figures, "gate": parity.GATES[name], "passed": not missed}
+        entry["rejected"] = bool(missed)
+        if missed and name == "fp32":
+            raise ParityError(f"fp32 ONNX does not match PyTorch: {'; '.join(missed)}")
+        if missed:
+            tqdm.write(f"warning: {name} variant rejected: {'; '.join(missed)}")
+    advance("parity checked")
+    bar.close()
+
+    files = {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+    specials = {
+        t: source.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    }
+    manifest = {
+        "format": FORMAT_VERSION,
+        "name": source.path.resolve().name,
+        "source": str(source.path.resolve()),
+        "model": cfg.to_hf_dict(),
+        "max_seq_len": source.max_seq_len,
+        "special_tokens": specials,
+        "lowercase": source.lowercase,
+        "pooling": pooling,
+        "normalize": source.normalize,
+        "capabilities": {
+            "embed": True,
+            "pooler": source.has_pooler,
+            "fill_mask": mlm is not None,
+            "next_sentence": nsp is not None,
+        },
+        "tokenizer": "tokenizer.json",
+        "opset": graphs.OPSET,
+        "files": files,
+        "variants": entries,
+        "versions": _versions(),
+    }
+    write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def summary_table(manifest: dict[str, Any], root: Path) -> str:
+    rows = ["variant  size MB  max|diff|   min cos    mean cos   top-1   status   fusions"]
+    for name, entry in manifest["variants"].items():
+        size = (root / entry["encoder"]).stat().st_size / 1e6
+        p = entry.get("parity", {})
+        if "error" in p:
+            figures = f"{'-':>10} {'-':>10} {'-':>10} {'-':>6}"
+        else:
+            top1 = p.get("fill_mask_top1")
+            figures = (
+                f"{p['max_abs_diff']:10.2e} {p['min_cosine']:10.6f} {p['mean_cosine']:10.6f} "
+                f"{(f'{top1:.3f}' if top1 is not None else '-'):>6}"
+            )
+        status = "REJECTED" if entry.get("rejected") else "ok"
+        fusions = ",".join(f"{k}x{v}" for k, v in entry.get("fusions", {}).items())
+        rows.append(f"{name:7s} {size:8.1f} {figures}  {status:8s} {fusions}")
+    return "\n".join(rows)

@@ -1,0 +1,163 @@
+"""What `bert-export` reads: our checkpoints and Hugging Face / sentence-transformers BERT folders.
+
+Accepted weights: BertModel, BertForMaskedLM or BertForPreTraining (ours or transformers'), as
+model.safetensors or pytorch_model.bin (read with weights_only=True). A sentence-transformers
+folder adds the default pooling (1_Pooling/config.json), the max length
+(sentence_bert_config.json) and whether embeddings are normalized (a Normalize module).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from training.checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict
+from training.config import BertConfig
+from training.model import BertForPreTraining
+from training.tokenizer import load_tokenizer
+
+
+class SourceError(ValueError):
+    """The folder is not a BERT checkpoint this exporter can read."""
+
+
+@dataclass
+class Source:
+    path: Path
+    config: BertConfig
+    model: BertForPreTraining  # eval mode, fp32; heads present only where flags say so
+    tokenizer: Tokenizer
+    has_pooler: bool
+    has_mlm: bool
+    has_nsp: bool
+    pooling: str  # default sentence pooling: mean, cls or pooler
+    normalize: bool  # default: L2-normalize sentence embeddings
+    max_seq_len: int
+    lowercase: bool
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path} is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SourceError(f"{path} is not a JSON object")
+    return data
+
+
+def _sentence_transformers_settings(path: Path) -> tuple[str | None, bool, int | None, bool | None]:
+    """(pooling, normalize, max_seq_length, do_lower_case) from a sentence-transformers folder."""
+    pooling, normalize, max_len, lower = None, False, None, None
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Normalize"):
+                normalize = True
+            if kind.endswith("Pooling"):
+                config_file = path / module.get("path", "1_Pooling") / "config.json"
+                if config_file.is_file():
+                    pool = _read_json(config_file)
+                    if pool.get("pooling_mode_cls_token"):
+                        pooling = "cls"
+                    elif pool.get("pooling_mode_mean_tokens"):
+                        pooling = "mean"
+                    else:
+                        raise SourceError(f"{config_file}: only cls and mean pooling are supported")
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        settings = _read_json(sbert)
+        max_len = settings.get("max_seq_length")
+        lower = settings.get("do_lower_case")
+    return pooling, normalize, max_len, lower
+
+
+def load_source(path: Path) -> Source:
+    path = Path(path)
+    if not path.is_dir():
+        raise SourceError(f"{path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise SourceError(
+            f"{path} has no config.json; is it a Hugging Face or bertserve checkpoint?"
+        )
+    raw_config = _read_json(path / "config.json")
+    if raw_config.get("model_type") != "bert":
+        raise SourceError(
+            f"{path}/config.json has model_type {raw_config.get('model_type')!r}; "
+            "only 'bert' is supported"
+        )
+    try:
+        config = BertConfig.from_dict(raw_config)
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"{path}/config.json: {exc}") from exc
+    if not ((path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()):
+        raise SourceError(f"{path} has neither tokenizer.json nor vocab.txt")
+    try:
+        state = normalize_hf_state_dict(read_state_dict(path))
+    except CheckpointError as exc:
+        raise SourceError(str(exc)) from exc
+
+    # A bare BertModel stores its encoder without the "bert." prefix.
+    if not any(k.startswith("bert.") for k in state):
+        state = {(k if k.startswith("cls.") else f"bert.{k}"): v for k, v in state.items()}
+    model = BertForPreTraining(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    has_pooler = "bert.pooler.dense.weight" in state
+    has_mlm = "cls.predictions.transform.dense.weight" in state
+    has_nsp = "cls.seq_relationship.weight" in state
+    optional = ("bert.pooler.", "cls.")
+    required_missing = [k for k in missing if not k.startswith(optional)]
+    if required_missing or unexpected:
+        raise SourceError(
+            f"{path}: weights do not fit the BERT config (missing {required_missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    model.eval()
+
+    tokenizer_config = path / "tokenizer_config.json"
+    tok_settings = _read_json(tokenizer_config) if tokenizer_config.is_file() else {}
+    st_pooling, normalize, st_max_len, st_lower = _sentence_transformers_settings(path)
+    lowercase = bool(st_lower if st_lower is not None else tok_settings.get("do_lower_case", True))
+    try:
+        tokenizer = load_tokenizer(path, lowercase=lowercase)
+    except Exception as exc:
+        raise SourceError(f"{path}: tokenizer unreadable ({exc})") from exc
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise SourceError(
+            f"{path}: tokenizer has {tokenizer.get_vocab_size()} tokens, "
+            f"the model only {config.vocab_size}"
+        )
+    max_len = config.max_position_embeddings
+    declared = st_max_len or tok_settings.get("model_max_length")
+    if isinstance(declared, int) and 0 < declared < max_len:
+        max_len = declared
+    pooling = st_pooling or "mean"  # mean pooling beats [CLS] for an MLM-only encoder
+    return Source(
+        path,
+        config,
+        model,
+        tokenizer,
+        has_pooler,
+        has_mlm,
+        has_nsp,
+        pooling,
+        normalize,
+        max_len,
+        lowercase,
+    )
+
+
+@torch.no_grad()
+def reference_outputs(source: Source, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PyTorch outputs for the parity gate: hidden states, pooled output and head logits."""
+    hidden, pooled = source.model.bert(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
+    return {"last_hidden_state": hidden, "pooler_output": pooled}

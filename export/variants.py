@@ -1,0 +1,146 @@
+"""Precision variants of the encoder: fused fp32, dynamic int8, fp16.
+
+fp32: onnxruntime.transformers' BERT fusions (Attention, SkipLayerNormalization, BiasGelu,
+EmbedLayerNormalization where the pattern matches); the manifest records which took.
+int8: onnxruntime.quantization's dynamic quantization of the fused graph, per-channel, with the
+MatMuls named in `keep_fp32` left in fp32 (see QUANT_PRESETS and bench/int8_quality.py).
+fp16: the fused graph converted with keep_io_types, for GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.optimizer import optimize_model
+
+FUSIONS = (
+    "EmbedLayerNormalization",
+    "Attention",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "Gelu",
+    "FastGelu",
+)
+
+
+def optimize_fp32(src: Path, dst: Path, num_heads: int, hidden: int) -> dict[str, int]:
+    """Fuses the graph for CPU and GPU alike (opt_level 0: fusions only, so the saved graph
+    stays portable between providers). Returns {fusion name: count} for those that took."""
+    model = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0
+    )
+    stats = model.get_fused_operator_statistics()
+    model.save_model_to_file(str(dst))
+    return {name: int(stats.get(name, 0)) for name in FUSIONS if stats.get(name, 0)}
+
+
+def convert_fp16(src: Path, dst: Path, num_heads: int, hidden: int) -> None:
+    model = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0
+    )
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(dst))
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Which MatMuls stay fp32 (regexes on node names) and how weights are scaled."""
+
+    per_channel: bool = True
+    keep_fp32: tuple[str, ...] = field(default_factory=tuple)
+    reduce_range: bool = False
+
+    def describe(self) -> str:
+        scale = "per-channel" if self.per_channel else "per-tensor"
+        kept = f", fp32: {' '.join(self.keep_fp32)}" if self.keep_fp32 else ""
+        return f"{scale}{kept}"
+
+
+# Fixed plans, compared with "auto" by bench/int8_quality.py (see README figures).
+QUANT_PRESETS: dict[str, QuantPlan] = {
+    "per-tensor": QuantPlan(per_channel=False),
+    "per-channel": QuantPlan(per_channel=True),
+    # projections that read outlier-heavy activations (after GELU, after attention) in fp32
+    "keep-ffn-out": QuantPlan(per_channel=True, keep_fp32=(r"layer\.\d+/output/dense/MatMul$",)),
+    "keep-outputs": QuantPlan(per_channel=True, keep_fp32=(r"/output/dense/MatMul$",)),
+}
+AUTO = "auto"  # per-channel, plus a sensitivity search for the few MatMuls to keep in fp32
+DEFAULT_QUANT = AUTO
+QUANT_CHOICES = (AUTO, *QUANT_PRESETS)
+
+
+def matmul_nodes(path: Path) -> list[str]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Attention", "Gemm")]
+
+
+def quantize_int8(src: Path, dst: Path, plan: QuantPlan) -> list[str]:
+    """Dynamic int8 quantization of `src` (the fused fp32 graph). Returns the nodes kept fp32."""
+    patterns = [re.compile(p) for p in plan.keep_fp32]
+    excluded = [n for n in matmul_nodes(src) if any(p.search(n) for p in patterns)]
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "int8.onnx"
+        quantize_dynamic(
+            str(src),
+            str(staged),
+            weight_type=QuantType.QInt8,
+            per_channel=plan.per_channel,
+            reduce_range=plan.reduce_range,
+            nodes_to_exclude=excluded,
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        staged.replace(dst)
+    return excluded
+
+
+def exact(node: str) -> str:
+    return "^" + re.escape(node) + "$"
+
+
+def search_int8_plan(
+    src: Path,
+    score: Callable[[Path], tuple[float, float]],
+    target_mean: float = 0.995,
+    target_min: float = 0.985,
+    max_kept_share: float = 0.25,
+) -> tuple[QuantPlan, list[dict[str, object]]]:
+    """Greedy sensitivity search. `score(path)` -> (mean, min) cosine of an int8 graph against
+    fp32 on calibration sentences. Each MatMul is tried alone in fp32; then the most helpful
+    are kept, one at a time, until the targets are met or max_kept_share of them are fp32.
+    Returns the plan and the search log."""
+    nodes = [n for n in matmul_nodes(src) if "pooler" not in n]
+    log: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "trial.onnx"
+
+        def measure(keep: tuple[str, ...]) -> tuple[float, float]:
+            quantize_int8(src, trial, QuantPlan(per_channel=True, keep_fp32=keep))
+            return score(trial)
+
+        base = measure(())
+        log.append({"kept": [], "mean_cosine": base[0], "min_cosine": base[1]})
+        if base[0] >= target_mean and base[1] >= target_min:
+            return QuantPlan(per_channel=True), log
+        gains = sorted(((measure((exact(n),))[0], n) for n in nodes), reverse=True)
+        kept: list[str] = []
+        limit = max(1, int(len(nodes) * max_kept_share))
+        for _, node in gains[:limit]:
+            kept.append(exact(node))
+            mean, low = measure(tuple(kept))
+            log.append(
+                {
+                    "kept": [k.strip("^$").replace("\\", "") for k in kept],
+                    "mean_cosine": mean,
+                    "min_cosine": low,
+                }
+            )
+            if mean >= target_mean and low >= target_min:
+                break
+    return QuantPlan(per_channel=True, keep_fp32=tuple(kept)), log

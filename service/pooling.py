@@ -1,0 +1,46 @@
+"""Sentence embeddings from token states: [CLS], mean over real tokens, or the pooler output.
+
+Shared by the service and by export's parity gate, so both compute embeddings one way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+POOLINGS = ("mean", "cls", "pooler")
+
+Floats = npt.NDArray[np.float32]
+
+
+def pool(
+    hidden: Floats,
+    attention_mask: npt.NDArray[np.int64],
+    pooling: str,
+    pooler_output: Floats | None = None,
+) -> Floats:
+    """hidden: (B, T, H); attention_mask: (B, T) 1 for real tokens -> (B, H) float32."""
+    if pooling == "cls":
+        return hidden[:, 0].astype(np.float32)
+    if pooling == "mean":
+        weights = attention_mask[..., None].astype(np.float32)  # (B, T, 1)
+        summed = (hidden.astype(np.float32) * weights).sum(axis=1)  # (B, H)
+        mean: Floats = summed / np.maximum(weights.sum(axis=1), 1.0)
+        return mean
+    if pooling == "pooler":
+        if pooler_output is None:
+            raise ValueError("this model has no pooler output")
+        return pooler_output.astype(np.float32)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+
+def l2_normalize(vectors: Floats) -> Floats:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    unit: Floats = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
+
+
+def cosine(a: Floats, b: Floats) -> Floats:
+    """Row-wise cosine similarity of (N, H) arrays."""
+    similarity: Floats = (l2_normalize(a) * l2_normalize(b)).sum(axis=-1)
+    return similarity
