@@ -102,7 +102,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         bar.update(1)
 
     raw = root / "encoder.raw.onnx"
-    graphs.export_encoder(source.model, raw, with_pooler=True)
+    graphs.export_encoder(source.model, raw, with_pooler=source.has_pooler)
     advance("encoder exported")
     (root / "fp32").mkdir()
     entries: dict[str, dict[str, Any]] = {}

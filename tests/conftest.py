@@ -37,7 +37,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out=str(out),
         corpus=[str(DATA / "english.txt"), str(DATA / "chinese.txt")],
         preset="tiny",
-        vocab_size=2000,
+        vocab_size=6000,
         max_seq_len=64,
         batch_size=16,
         max_steps=40,

@@ -1,0 +1,130 @@
+"""The model behind the batcher: ONNX Runtime sessions for one variant of an artifact.
+
+The contract the batcher and routes rely on is small (`Backend`): run the encoder on a padded
+batch, run the MLM head on gathered hidden states, run the NSP head on pooled states. Tests swap
+in fakes that honour the same contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from service.artifact import Artifact, ArtifactError, Variant
+
+log = logging.getLogger("bertserve")
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float32]
+
+
+class Backend(Protocol):
+    precision: str
+    provider: str
+    has_pooler: bool
+    has_mlm: bool
+    has_nsp: bool
+
+    def encode(
+        self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
+    ) -> tuple[Floats, Floats | None]:
+        """(B, T) int64 x3 -> last_hidden_state (B, T, H) float32, pooler_output (B, H)."""
+        ...
+
+    def mlm_logits(self, hidden: Floats) -> Floats:
+        """(n, H) -> (n, V)."""
+        ...
+
+    def nsp_logits(self, pooled: Floats) -> Floats:
+        """(B, H) -> (B, 2); column 0 is IsNext."""
+        ...
+
+
+def choose_variant(
+    artifact: Artifact, device: str, precision: str | None, available: list[str]
+) -> tuple[Variant, str]:
+    """Returns (variant, provider). CUDA + fp16 when a GPU is usable, else CPU + int8, else fp32;
+    a rejected variant is only served when asked for by name."""
+    cuda_ok = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda_ok:
+        raise ArtifactError(
+            "--device cuda: this onnxruntime has no CUDA provider "
+            "(install bertserve[gpu] on a machine with a GPU)"
+        )
+    provider = "CUDAExecutionProvider" if cuda_ok and device != "cpu" else "CPUExecutionProvider"
+    if precision is not None:
+        if precision not in artifact.variants:
+            raise ArtifactError(
+                f"the artifact has no {precision} variant (it has {', '.join(artifact.variants)})"
+            )
+        variant = artifact.variants[precision]
+        if variant.rejected:
+            log.warning(
+                "serving %s although it missed its parity gate: %s", precision, variant.parity
+            )
+        return variant, provider
+    order = ["fp16", "fp32"] if provider.startswith("CUDA") else ["int8", "fp32"]
+    for name in order:
+        variant_or_none = artifact.variants.get(name)
+        if variant_or_none is not None and not variant_or_none.rejected:
+            return variant_or_none, provider
+    raise ArtifactError("the artifact has no variant that passed its parity gate")
+
+
+class OnnxBackend:
+    def __init__(
+        self,
+        artifact: Artifact,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int = 0,
+    ) -> None:
+        variant, provider = choose_variant(
+            artifact, device, precision, ort.get_available_providers()
+        )
+        self.precision = variant.precision
+        self.provider = provider
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        providers = (
+            [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        )
+
+        def open_session(path: object) -> ort.InferenceSession:
+            return ort.InferenceSession(str(path), options, providers=providers)
+
+        self.encoder = open_session(variant.encoder)
+        outputs = [o.name for o in self.encoder.get_outputs()]
+        self.has_pooler = "pooler_output" in outputs
+        self.mlm = open_session(variant.mlm_head) if variant.mlm_head else None
+        self.nsp = open_session(variant.nsp_head) if variant.nsp_head else None
+        self.has_mlm = self.mlm is not None
+        self.has_nsp = self.nsp is not None and self.has_pooler
+
+    def encode(
+        self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
+    ) -> tuple[Floats, Floats | None]:
+        outputs = self.encoder.run(
+            None,
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+            },
+        )
+        hidden = np.asarray(outputs[0], dtype=np.float32)
+        pooled = np.asarray(outputs[1], dtype=np.float32) if len(outputs) > 1 else None
+        return hidden, pooled
+
+    def mlm_logits(self, hidden: Floats) -> Floats:
+        assert self.mlm is not None
+        return np.asarray(self.mlm.run(None, {"hidden": hidden})[0], dtype=np.float32)
+
+    def nsp_logits(self, pooled: Floats) -> Floats:
+        assert self.nsp is not None
+        return np.asarray(self.nsp.run(None, {"pooled": pooled})[0], dtype=np.float32)

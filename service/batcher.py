@@ -1,0 +1,281 @@
+"""Dynamic batching: the one owner of the queue.
+
+The trip of a request:
+  route -> tokenizer -> `Batcher.submit(sequences)`: admitted only if the queue's token count
+  stays under `max_queued_tokens` (else `Overloaded` -> 429), one `Pending` per sequence, each
+  with a future -> the loop wakes, waits at most `max_wait_ms` for company, and `take_batch`
+  (a pure function) picks sequences under the padded-token budget and size cap, oldest first and
+  then those closest in length to cut padding -> the backend runs in a worker thread so the
+  event loop never blocks -> each sequence's slice of the output resolves its future.
+Sequences of a request that went away (client disconnect, handler cancelled) or whose deadline
+passed are dropped before compute. A backend error fails that batch's futures only; the loop
+lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.backend import Backend, Floats
+from service.metrics import Metrics
+
+log = logging.getLogger("bertserve")
+
+
+class Overloaded(Exception):
+    """The queue is full; the request is refused before any work (429)."""
+
+    def __init__(self, queued: int, asked: int, limit: int) -> None:
+        super().__init__(
+            f"server overloaded: {queued} tokens queued + {asked} asked > max_queued_tokens {limit}"
+        )
+
+
+class DeadlineExceeded(Exception):
+    """A sequence waited longer than request_timeout_s (504)."""
+
+
+class ModelError(Exception):
+    """The backend failed on the batch this sequence was in (500)."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining; new work is refused (503)."""
+
+
+@dataclass
+class RequestState:
+    """Shared by a request's sequences, so that cancelling the request skips all of them."""
+
+    cancelled: bool = False
+
+
+@dataclass(eq=False)  # identity, not value: arrays do not compare as bools
+class Pending:
+    ids: np.ndarray  # (n,) int64 token ids with [CLS]/[SEP]
+    type_ids: np.ndarray  # (n,) int64
+    enqueued: float
+    deadline: float
+    request: RequestState
+    future: asyncio.Future[tuple[Floats, Floats | None]] = field(repr=False)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def live(self, now: float) -> bool:
+        return not (self.request.cancelled or self.future.done() or now >= self.deadline)
+
+
+def take_batch(
+    queue: Sequence[Pending], max_tokens: int, max_size: int, now: float, lookahead: int = 4
+) -> tuple[list[Pending], list[Pending], list[Pending]]:
+    """Chooses the next batch. Pure: reads `queue` (arrival order) and returns
+    (batch in arrival order, remaining queue in arrival order, dropped entries).
+
+    The oldest live entry always goes first, so nothing starves. Other live entries among the
+    next `lookahead * max_size` are added closest-in-length first while the padded size
+    (count x longest) stays within `max_tokens` and the count within `max_size`. Cancelled or
+    expired entries are dropped. A single sequence longer than the budget still runs alone."""
+    dropped = [p for p in queue if not p.live(now)]
+    live = [p for p in queue if p.live(now)]
+    if not live:
+        return [], [], dropped
+    anchor = live[0]
+    window = live[1 : 1 + lookahead * max_size]
+    chosen = {id(anchor)}
+    longest, count = anchor.length, 1
+    for candidate in sorted(window, key=lambda p: abs(p.length - anchor.length)):
+        if count >= max_size:
+            break
+        new_longest = max(longest, candidate.length)
+        if new_longest * (count + 1) > max_tokens:
+            continue
+        chosen.add(id(candidate))
+        longest, count = new_longest, count + 1
+    batch = [p for p in live if id(p) in chosen]
+    remaining = [p for p in live if id(p) not in chosen]
+    return batch, remaining, dropped
+
+
+def pad_batch(batch: Sequence[Pending], pad_id: int) -> tuple[np.ndarray, ...]:
+    """-> input_ids, attention_mask, token_type_ids, each (B, T) int64."""
+    width = max(p.length for p in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64)
+    for row, p in enumerate(batch):
+        ids[row, : p.length] = p.ids
+        mask[row, : p.length] = 1
+        types[row, : p.length] = p.type_ids
+    return ids, mask, types
+
+
+class Batcher:
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: Metrics,
+        *,
+        pad_id: int,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queued_tokens: int,
+        request_timeout_s: float,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.pad_id = pad_id
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queued_tokens = max_queued_tokens
+        self.request_timeout_s = request_timeout_s
+        self.queue: list[Pending] = []
+        self.queued_tokens = 0
+        self.batches_run = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertserve-model")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bertserve-batcher")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuses new work, lets queued sequences finish, then stops the loop."""
+        self._closing = True
+        deadline = time.monotonic() + drain_timeout_s
+        while self.queue and time.monotonic() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for pending in self.queue:
+            if not pending.future.done():
+                pending.future.set_exception(ShuttingDown("server is shutting down"))
+        self.queue.clear()
+        self._executor.shutdown(wait=True)
+
+    async def run_in_model_thread(self, fn: Callable[..., Floats], *args: object) -> Floats:
+        """Runs a head on the model thread, so ONNX Runtime is only ever called from one."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- the request side --------------------------------------------------------------------
+    def submit(
+        self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], request: RequestState
+    ) -> list[asyncio.Future[tuple[Floats, Floats | None]]]:
+        """Queues a request's sequences all or nothing; raises Overloaded or ShuttingDown."""
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        asked = sum(len(ids) for ids, _ in sequences)
+        if self.queued_tokens + asked > self.max_queued_tokens:
+            raise Overloaded(self.queued_tokens, asked, self.max_queued_tokens)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = []
+        for ids, type_ids in sequences:
+            future: asyncio.Future[tuple[Floats, Floats | None]] = loop.create_future()
+            self.queue.append(
+                Pending(ids, type_ids, now, now + self.request_timeout_s, request, future)
+            )
+            futures.append(future)
+        self.queued_tokens += asked
+        self._update_gauges()
+        self._wakeup.set()
+        return futures
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _update_gauges(self) -> None:
+        self.metrics.queue_depth.set(len(self.queue))
+        self.metrics.queue_tokens.set(self.queued_tokens)
+
+    def _batch_is_full(self) -> bool:
+        return len(self.queue) >= self.max_batch_size or self.queued_tokens >= self.max_batch_tokens
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.queue:
+                # wait for company, at most max_wait_ms after the oldest arrived
+                wait = self.queue[0].enqueued + self.max_wait_s - time.monotonic()
+                if wait > 0 and not self._batch_is_full() and not self._closing:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                        self._wakeup.clear()
+                        continue
+                    except asyncio.TimeoutError:
+                        pass
+                now = time.monotonic()
+                batch, self.queue, dropped = take_batch(
+                    self.queue, self.max_batch_tokens, self.max_batch_size, now
+                )
+                self._retire(dropped, now)
+                self.queued_tokens -= sum(p.length for p in batch)
+                self._update_gauges()
+                if batch:
+                    await self._execute(loop, batch, now)
+
+    def _retire(self, dropped: list[Pending], now: float) -> None:
+        for p in dropped:
+            self.queued_tokens -= p.length
+            if p.future.done():
+                continue
+            if p.request.cancelled:
+                self.metrics.rejected.labels("cancelled").inc()
+                p.future.cancel()
+            else:
+                self.metrics.rejected.labels("deadline").inc()
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"queued longer than request_timeout_s ({self.request_timeout_s:g}s)"
+                    )
+                )
+
+    async def _execute(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Pending], now: float
+    ) -> None:
+        ids, mask, types = pad_batch(batch, self.pad_id)
+        real = int(mask.sum())
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tokens.observe(ids.size)
+        self.metrics.batch_padding_ratio.observe(1.0 - real / ids.size)
+        for p in batch:
+            self.metrics.queue_duration.observe(now - p.enqueued)
+        started = time.perf_counter()
+        try:
+            hidden, pooled = await loop.run_in_executor(
+                self._executor, self.backend.encode, ids, mask, types
+            )
+        except Exception as exc:  # the model failed: this batch's requests fail, the loop lives
+            log.exception("model error on a batch of %d sequences", len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(ModelError(f"model error: {exc}"))
+            return
+        finally:
+            self.metrics.inference_duration.observe(time.perf_counter() - started)
+            self.batches_run += 1
+        for row, p in enumerate(batch):
+            if not p.future.done():
+                p.future.set_result(
+                    (hidden[row, : p.length], None if pooled is None else pooled[row])
+                )

@@ -1,0 +1,138 @@
+"""The core between the HTTP edge and the batcher: tokenize, queue, wait, post-process.
+
+Routes call `Engine`; `Engine` calls the tokenizer, the `Batcher` (the encoder, batched across
+requests) and, for the heads, the backend in the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.artifact import Artifact
+from service.backend import Backend, Floats
+from service.batcher import Batcher, RequestState
+from service.metrics import Metrics
+from service.pooling import l2_normalize, pool
+from service.text import TextEncoder, Tokenized
+
+
+class MissingHead(Exception):
+    """The loaded model cannot do what the route asks (424)."""
+
+
+class InvalidInput(ValueError):
+    """Well-formed but unusable input (422)."""
+
+
+@dataclass
+class Encoded:
+    tokenized: Tokenized
+    hidden: Floats  # (n, H)
+    pooled: Floats | None  # (H,)
+
+
+def encode_vector(vector: Floats, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+class Engine:
+    def __init__(
+        self, artifact: Artifact, backend: Backend, batcher: Batcher, metrics: Metrics
+    ) -> None:
+        self.artifact = artifact
+        self.backend = backend
+        self.batcher = batcher
+        self.metrics = metrics
+        self.text = TextEncoder(
+            artifact.tokenizer_path.read_text(encoding="utf-8"), artifact.max_seq_len
+        )
+        self.mask_id = artifact.special_tokens.get("[MASK]")
+        self.model_name = artifact.name
+
+    async def run(self, tokenized: Sequence[Tokenized], route: str) -> list[Encoded]:
+        """Queues every sequence, waits for all; cancels the rest if the caller goes away."""
+        state = RequestState()
+        futures = self.batcher.submit([(t.ids, t.type_ids) for t in tokenized], state)
+        self.metrics.tokens.labels(route).inc(sum(len(t.ids) for t in tokenized))
+        try:
+            results = await asyncio.gather(*futures)
+        except BaseException:
+            state.cancelled = True  # the batcher drops our still-queued sequences
+            for future in futures:
+                future.cancel()
+            raise
+        return [
+            Encoded(t, hidden, pooled)
+            for t, (hidden, pooled) in zip(tokenized, results, strict=True)
+        ]
+
+    # -- embeddings --------------------------------------------------------------------------
+    def sentence_vectors(
+        self, encoded: Sequence[Encoded], pooling: str, normalize: bool, dimensions: int | None
+    ) -> list[Floats]:
+        if pooling == "pooler" and not self.backend.has_pooler:
+            raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
+        self.check_dimensions(dimensions)
+        vectors = []
+        for item in encoded:
+            hidden = item.hidden[None]  # (1, n, H)
+            mask = np.ones((1, hidden.shape[1]), dtype=np.int64)
+            pooled = None if item.pooled is None else item.pooled[None]
+            vector = pool(hidden, mask, pooling, pooled)[0]
+            vectors.append(self._finish(vector, normalize, dimensions))
+        return vectors
+
+    def token_vectors(self, item: Encoded, normalize: bool, dimensions: int | None) -> list[Floats]:
+        return [self._finish(row, normalize, dimensions) for row in item.hidden]
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        hidden = self.artifact.hidden_size
+        if dimensions is not None and not 1 <= dimensions <= hidden:
+            raise InvalidInput(
+                f"dimensions {dimensions} must be between 1 and the model's hidden size {hidden}"
+            )
+
+    @staticmethod
+    def _finish(vector: Floats, normalize: bool, dimensions: int | None) -> Floats:
+        if dimensions is not None:
+            vector = vector[:dimensions]
+        return l2_normalize(vector[None])[0] if normalize else vector.astype(np.float32)
+
+    # -- heads -------------------------------------------------------------------------------
+    async def fill_mask(
+        self, encoded: Encoded, top_k: int, target_ids: list[int] | None
+    ) -> list[list[tuple[float, int]]]:
+        """Per [MASK] position: the top_k (probability, token id), MLM head at masks only."""
+        if not self.backend.has_mlm:
+            raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
+        positions = np.flatnonzero(encoded.tokenized.ids == self.mask_id)
+        logits = await self.batcher.run_in_model_thread(
+            self.backend.mlm_logits, np.ascontiguousarray(encoded.hidden[positions])
+        )  # (m, V)
+        logits = logits[:, : self.text.vocab_size]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        results = []
+        for row in probs:
+            if target_ids is not None:
+                candidates = np.array(target_ids)
+                order = candidates[np.argsort(-row[candidates])][:top_k]
+            else:
+                order = np.argsort(-row)[:top_k]
+            results.append([(float(row[i]), int(i)) for i in order])
+        return results
+
+    async def next_sentence(self, encoded: Sequence[Encoded]) -> list[float]:
+        if not self.backend.has_nsp:
+            raise MissingHead("this model has no next-sentence head")
+        pooled = np.stack([e.pooled for e in encoded if e.pooled is not None])  # (B, H)
+        logits = await self.batcher.run_in_model_thread(self.backend.nsp_logits, pooled)  # (B, 2)
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return [float(p) for p in shifted[:, 0] / shifted.sum(-1)]

@@ -1,0 +1,305 @@
+"""The HTTP edge: validation, limits and response shapes. No model logic lives here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.engine import Engine, InvalidInput, encode_vector
+from service.schemas import (
+    EmbeddingOut,
+    EmbedRequest,
+    EmbedResponse,
+    FillMaskCandidate,
+    FillMaskRequest,
+    NextSentenceOut,
+    NextSentenceRequest,
+    NextSentenceResponse,
+    OpenAIEmbedding,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    TokenizeOut,
+    TokenizeRequest,
+    TokenOut,
+    Usage,
+    texts_of,
+)
+from service.settings import Settings
+
+
+class TooLarge(Exception):
+    """A request over a size limit (413)."""
+
+
+class NotReady(Exception):
+    """The model is not loaded yet, or the server is draining (503)."""
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine | None = getattr(request.app.state, "engine", None)
+    if engine is None or not request.app.state.ready:
+        raise NotReady("the model is not ready yet")
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def check_inputs(texts: list[str], settings: Settings, what: str = "inputs") -> None:
+    if len(texts) > settings.max_inputs:
+        raise TooLarge(f"{len(texts)} {what} exceed max_inputs {settings.max_inputs}")
+    for index, text in enumerate(texts):
+        if len(text) > settings.max_input_chars:
+            raise TooLarge(
+                f"{what}[{index}] has {len(text)} characters, over max_input_chars "
+                f"{settings.max_input_chars}"
+            )
+
+
+api = APIRouter()
+
+
+@api.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
+async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> EmbedResponse:
+    texts = texts_of(body.inputs)
+    check_inputs(texts, settings)
+    engine.check_dimensions(body.dimensions)
+    tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
+    encoded = await engine.run(tokenized, "/embed")
+    pooling = body.pooling or engine.artifact.pooling
+    sentences = (
+        engine.sentence_vectors(encoded, pooling, body.normalize, body.dimensions)
+        if body.output in ("sentence", "both")
+        else None
+    )
+    data = []
+    for index, item in enumerate(encoded):
+        tokens = None
+        if body.output in ("tokens", "both"):
+            vectors = engine.token_vectors(item, body.normalize, body.dimensions)
+            tokens = [
+                TokenOut(
+                    id=int(tid),
+                    token=tok,
+                    start=start,
+                    end=end,
+                    embedding=encode_vector(vec, body.encoding_format),
+                )
+                for tid, tok, (start, end), vec in zip(
+                    item.tokenized.ids,
+                    item.tokenized.tokens,
+                    item.tokenized.offsets,
+                    vectors,
+                    strict=True,
+                )
+            ]
+        data.append(
+            EmbeddingOut(
+                index=index,
+                embedding=None
+                if sentences is None
+                else encode_vector(sentences[index], body.encoding_format),
+                tokens=tokens,
+                truncated=item.tokenized.truncated,
+            )
+        )
+    count = sum(len(t.ids) for t in tokenized)
+    return EmbedResponse(
+        model=engine.model_name, data=data, usage=Usage(prompt_tokens=count, total_tokens=count)
+    )
+
+
+@api.post("/fill-mask")
+async def fill_mask(body: FillMaskRequest, engine: EngineDep, settings: SettingsDep) -> Any:
+    """The transformers fill-mask pipeline's shape: for one text with one [MASK], a list of
+    candidates; with several masks, a list per mask; for a list of texts, a list of those."""
+    texts = texts_of(body.inputs)
+    check_inputs(texts, settings)
+    if not engine.backend.has_mlm:
+        from service.engine import MissingHead
+
+        raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
+    if body.top_k > settings.max_top_k:
+        raise InvalidInput(f"top_k {body.top_k} exceeds max_top_k {settings.max_top_k}")
+    target_ids = None
+    if body.targets is not None:
+        if not body.targets:
+            raise InvalidInput("targets must not be an empty list")
+        target_ids = []
+        for target in body.targets:
+            ids = engine.text.full.encode(target, add_special_tokens=False).ids
+            if len(ids) != 1:
+                raise InvalidInput(f"target {target!r} is not a single token of the vocabulary")
+            target_ids.append(ids[0])
+    tokenized = engine.text.encode(texts, truncate=False)
+    for index, tokens in enumerate(tokenized):
+        if not (tokens.ids == engine.mask_id).any():
+            raise InvalidInput(f"inputs[{index}] has no [MASK] token")
+    encoded = await engine.run(tokenized, "/fill-mask")
+    results: list[Any] = []
+    for item in encoded:
+        per_mask = await engine.fill_mask(item, body.top_k, target_ids)
+        positions = [int(p) for p in (item.tokenized.ids == engine.mask_id).nonzero()[0]]
+        masks = []
+        for position, candidates in zip(positions, per_mask, strict=True):
+            masks.append(
+                [
+                    FillMaskCandidate(
+                        score=score,
+                        token=token,
+                        token_str=engine.text.id_to_token(token),
+                        sequence=_filled(engine, item.tokenized.ids, position, token),
+                    )
+                    for score, token in candidates
+                ]
+            )
+        results.append(masks[0] if len(masks) == 1 else masks)
+    return results[0] if isinstance(body.inputs, str) else results
+
+
+def _filled(engine: Engine, ids: Any, position: int, token: int) -> str:
+    filled = [int(i) for i in ids]
+    filled[position] = token
+    return engine.text.decode(filled)
+
+
+@api.post("/next-sentence", response_model=NextSentenceResponse)
+async def next_sentence(
+    body: NextSentenceRequest, engine: EngineDep, settings: SettingsDep
+) -> NextSentenceResponse:
+    check_inputs([t for pair in body.pairs for t in pair], settings, "texts")
+    if len(body.pairs) > settings.max_inputs:
+        raise TooLarge(f"{len(body.pairs)} pairs exceed max_inputs {settings.max_inputs}")
+    if not engine.backend.has_nsp:
+        from service.engine import MissingHead
+
+        raise MissingHead("this model has no next-sentence head")
+    tokenized = engine.text.encode([(p[0], p[1]) for p in body.pairs], truncate=True)
+    encoded = await engine.run(tokenized, "/next-sentence")
+    probabilities = await engine.next_sentence(encoded)
+    return NextSentenceResponse(
+        model=engine.model_name,
+        data=[NextSentenceOut(index=i, is_next=p) for i, p in enumerate(probabilities)],
+    )
+
+
+@api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
+async def openai_embeddings(
+    body: OpenAIEmbeddingRequest, engine: EngineDep, settings: SettingsDep
+) -> OpenAIEmbeddingResponse:
+    texts = texts_of(body.input)
+    check_inputs(texts, settings, "input")
+    engine.check_dimensions(body.dimensions)
+    tokenized = engine.text.encode(texts, truncate=True)
+    encoded = await engine.run(tokenized, "/v1/embeddings")
+    vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
+    count = sum(len(t.ids) for t in tokenized)
+    return OpenAIEmbeddingResponse(
+        data=[
+            OpenAIEmbedding(index=i, embedding=encode_vector(v, body.encoding_format))
+            for i, v in enumerate(vectors)
+        ],
+        model=body.model or engine.model_name,
+        usage=Usage(prompt_tokens=count, total_tokens=count),
+    )
+
+
+@api.post("/tokenize", response_model=list[TokenizeOut])
+async def tokenize(
+    body: TokenizeRequest, engine: EngineDep, settings: SettingsDep
+) -> list[TokenizeOut]:
+    texts = texts_of(body.inputs)
+    check_inputs(texts, settings)
+    return [
+        TokenizeOut(
+            index=i,
+            ids=[int(x) for x in t.ids],
+            tokens=t.tokens,
+            offsets=t.offsets,
+            truncated=t.truncated,
+        )
+        for i, t in enumerate(engine.text.encode(texts, truncate=True))
+    ]
+
+
+open_routes = APIRouter()
+
+
+@open_routes.get("/health")
+async def health(request: Request) -> Response:
+    batcher = getattr(request.app.state, "batcher", None)
+    alive = batcher is not None and batcher.alive
+    return Response(
+        '{"status":"ok"}' if alive else '{"status":"down"}',
+        status_code=200 if alive else 503,
+        media_type="application/json",
+    )
+
+
+@open_routes.get("/ready")
+async def ready(request: Request) -> Response:
+    ok = bool(request.app.state.ready)
+    return Response(
+        '{"ready":true}' if ok else '{"ready":false}',
+        status_code=200 if ok else 503,
+        media_type="application/json",
+    )
+
+
+@open_routes.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+@api.get("/info")
+async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("bertserve")
+    except PackageNotFoundError:
+        ours = "dev"
+    manifest = engine.artifact.manifest
+    return {
+        "model": engine.model_name,
+        "precision": engine.backend.precision,
+        "provider": engine.backend.provider,
+        "hidden_size": engine.artifact.hidden_size,
+        "max_seq_len": engine.artifact.max_seq_len,
+        "pooling": engine.artifact.pooling,
+        "normalize": engine.artifact.normalize,
+        "capabilities": {
+            "embed": True,
+            "pooler": engine.backend.has_pooler,
+            "fill_mask": engine.backend.has_mlm,
+            "next_sentence": engine.backend.has_nsp,
+        },
+        "variants": {
+            name: {"rejected": v.get("rejected", False)} for name, v in manifest["variants"].items()
+        },
+        "limits": {
+            name: getattr(settings, name)
+            for name in (
+                "max_inputs",
+                "max_input_chars",
+                "max_body_bytes",
+                "max_top_k",
+                "max_batch_tokens",
+                "max_batch_size",
+                "max_wait_ms",
+                "max_queued_tokens",
+                "request_timeout_s",
+            )
+        },
+        "version": ours,
+    }

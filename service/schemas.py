@@ -1,0 +1,161 @@
+"""Request and response bodies of the HTTP API (see DESIGN.md, "HTTP API")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _clean_texts(value: str | list[str], field_name: str) -> list[str]:
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts:
+        raise ValueError(f"{field_name} must not be an empty list")
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"{field_name}[{index}] is empty")
+        if "\x00" in text:
+            raise ValueError(f"{field_name}[{index}] contains a NUL character")
+    return texts
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EmbedRequest(_Strict):
+    inputs: str | list[str] = Field(description="a text or a list of texts")
+    pooling: Literal["cls", "mean", "pooler"] | None = Field(
+        None, description="sentence pooling (default: the artifact's)"
+    )
+    normalize: bool = Field(True, description="L2-normalize sentence embeddings")
+    truncate: bool = Field(True, description="cut inputs over max_seq_len instead of 422")
+    truncation_direction: Literal["right", "left"] = "right"
+    output: Literal["sentence", "tokens", "both"] = "sentence"
+    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions")
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: str | list[str]) -> str | list[str]:
+        _clean_texts(value, "inputs")
+        return value
+
+
+class TokenOut(BaseModel):
+    id: int
+    token: str
+    start: int
+    end: int
+    embedding: list[float] | str
+
+
+class EmbeddingOut(BaseModel):
+    index: int
+    embedding: list[float] | str | None = None
+    tokens: list[TokenOut] | None = None
+    truncated: bool
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    data: list[EmbeddingOut]
+    usage: Usage
+
+
+class FillMaskRequest(_Strict):
+    inputs: str | list[str] = Field(description="text(s) with one or more [MASK] tokens")
+    top_k: int = Field(5, ge=1, description="candidates per mask")
+    targets: list[str] | None = Field(None, description="score only these tokens")
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: str | list[str]) -> str | list[str]:
+        _clean_texts(value, "inputs")
+        return value
+
+
+class FillMaskCandidate(BaseModel):
+    score: float
+    token: int
+    token_str: str
+    sequence: str
+
+
+class NextSentenceRequest(_Strict):
+    pairs: list[list[str]] = Field(description="[first, second] pairs")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, value: list[list[str]]) -> list[list[str]]:
+        if not value:
+            raise ValueError("pairs must not be an empty list")
+        for index, pair in enumerate(value):
+            if len(pair) != 2:
+                raise ValueError(f"pairs[{index}] must be [first, second], got {len(pair)} texts")
+            _clean_texts(pair, f"pairs[{index}]")
+        return value
+
+
+class NextSentenceOut(BaseModel):
+    index: int
+    is_next: float
+
+
+class NextSentenceResponse(BaseModel):
+    model: str
+    data: list[NextSentenceOut]
+
+
+class OpenAIEmbeddingRequest(_Strict):
+    model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send `user` etc.
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[str]) -> str | list[str]:
+        _clean_texts(value, "input")
+        return value
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: Usage
+
+
+class TokenizeRequest(_Strict):
+    inputs: str | list[str]
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: str | list[str]) -> str | list[str]:
+        _clean_texts(value, "inputs")
+        return value
+
+
+class TokenizeOut(BaseModel):
+    index: int
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    truncated: bool
+
+
+def texts_of(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)

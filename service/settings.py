@@ -1,0 +1,49 @@
+"""Every setting of the service, defined once: a default, a description, and an environment
+variable (BERTSERVE_<NAME>). `bert-serve --help` and the README table are generated from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
+
+    model: Path = Field(Path("model"), description="artifact directory written by bert-export")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU"
+    )
+    precision: Literal["fp32", "int8", "fp16"] | None = Field(
+        None, description="variant to serve (default: fp16 on CUDA, int8 on CPU, else fp32)"
+    )
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores)")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="padded tokens per model call (batch size x longest sequence)"
+    )
+    max_batch_size: int = Field(64, ge=1, description="sequences per model call")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long the first queued sequence waits for company"
+    )
+    max_queued_tokens: int = Field(
+        262144, ge=1, description="tokens waiting in the queue before new requests get 429"
+    )
+    max_inputs: int = Field(256, ge=1, description="inputs (or pairs) per request")
+    max_input_chars: int = Field(20000, ge=1, description="characters per input")
+    max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
+    max_top_k: int = Field(100, ge=1, description="largest top_k for /fill-mask")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="a sequence still queued after this long is dropped (504)"
+    )
+    api_key: str | None = Field(
+        None,
+        description="when set, requests need 'Authorization: Bearer <key>' "
+        "(/health, /ready, /metrics stay open)",
+    )
+    warmup: bool = Field(True, description="run one batch through the model before /ready")
+    log_level: str = Field("info", description="uvicorn log level")

@@ -1,0 +1,527 @@
+"""bert-serve: batching invariants, every route, bad input, overload, faults, metrics, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.app import create_app
+from service.artifact import load_artifact
+from service.backend import OnnxBackend
+from service.batcher import Pending, RequestState, take_batch
+from service.pooling import pool
+from service.settings import Settings
+from tests.conftest import REPO, sts_sentences
+
+
+class CountingBackend:
+    """The real ONNX backend, counting encoder calls and failing on request."""
+
+    def __init__(self, inner: OnnxBackend) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.fail_next = 0
+        self.delay_s = 0.0
+        for name in ("precision", "provider", "has_pooler", "has_mlm", "has_nsp"):
+            setattr(self, name, getattr(inner, name))
+
+    def encode(self, ids: Any, mask: Any, types: Any) -> Any:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("injected fault")
+        return self.inner.encode(ids, mask, types)
+
+    def mlm_logits(self, hidden: Any) -> Any:
+        return self.inner.mlm_logits(hidden)
+
+    def nsp_logits(self, pooled: Any) -> Any:
+        return self.inner.nsp_logits(pooled)
+
+
+def serve(
+    artifact_dir: Path,
+    test: Callable[[httpx.AsyncClient, CountingBackend], Awaitable[None]],
+    **overrides: Any,
+) -> None:
+    """Runs `test` against the app (lifespan included) over an in-process ASGI transport."""
+    artifact = load_artifact(artifact_dir)
+    settings = Settings(model=artifact_dir, precision="fp32", threads=2, **overrides)
+    backend = CountingBackend(OnnxBackend(artifact, "cpu", settings.precision, 2))
+    app = create_app(settings, backend, artifact)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await test(client, backend)
+
+    asyncio.run(main())
+
+
+# -- take_batch, a pure function ----------------------------------------------------------------
+def _pending(
+    length: int, enqueued: float = 0.0, deadline: float = 100.0, state: RequestState | None = None
+) -> Pending:
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    loop.close()
+    return Pending(
+        np.zeros(length, np.int64),
+        np.zeros(length, np.int64),
+        enqueued,
+        deadline,
+        state or RequestState(),
+        future,
+    )
+
+
+def test_take_batch_respects_budget_and_size_and_keeps_order():
+    queue = [_pending(n) for n in (10, 50, 12, 11, 48, 9, 30)]
+    batch, rest, dropped = take_batch(queue, max_tokens=48, max_size=3, now=1.0)
+    assert batch[0] is queue[0]  # the oldest always goes
+    assert len(batch) <= 3 and max(p.length for p in batch) * len(batch) <= 48
+    assert [queue.index(p) for p in batch] == sorted(queue.index(p) for p in batch)
+    assert {p.length for p in batch} == {10, 11, 9}  # closest in length to the oldest
+    assert [queue.index(p) for p in rest] == sorted(queue.index(p) for p in rest)
+    assert len(batch) + len(rest) == len(queue) and not dropped
+
+
+def test_take_batch_skips_cancelled_and_expired():
+    cancelled = RequestState(cancelled=True)
+    queue = [_pending(5, state=cancelled), _pending(6, deadline=0.5), _pending(7), _pending(8)]
+    batch, rest, dropped = take_batch(queue, max_tokens=1000, max_size=8, now=1.0)
+    assert [p.length for p in batch] == [7, 8] and not rest
+    assert [p.length for p in dropped] == [5, 6]
+
+
+def test_take_batch_runs_an_oversized_sequence_alone():
+    queue = [_pending(300), _pending(4)]
+    batch, rest, _ = take_batch(queue, max_tokens=256, max_size=8, now=0.0)
+    assert [p.length for p in batch] == [300] and [p.length for p in rest] == [4]
+
+
+# -- batching invariants ------------------------------------------------------------------------
+def test_batched_embeddings_equal_single_ones(tiny_artifact):
+    sentences = sts_sentences(50)
+
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        calls_before = backend.calls
+        responses = await asyncio.gather(
+            *[client.post("/embed", json={"inputs": s, "normalize": False}) for s in sentences]
+        )
+        assert all(r.status_code == 200 for r in responses)
+        assert backend.calls - calls_before < len(sentences)  # requests shared batches
+        engine_text = app_text(tiny_artifact)
+        for sentence, response in zip(sentences, responses, strict=True):
+            got = np.array(response.json()["data"][0]["embedding"], dtype=np.float32)
+            tokens = engine_text.encode([sentence])[0]
+            hidden, _ = backend.inner.encode(
+                tokens.ids[None], np.ones((1, len(tokens.ids)), np.int64), tokens.type_ids[None]
+            )
+            alone = pool(hidden, np.ones((1, len(tokens.ids)), np.int64), "mean")[0]
+            assert np.abs(got - alone).max() <= 1e-5
+
+    serve(tiny_artifact, check, max_wait_ms=20)
+
+
+def app_text(artifact_dir: Path) -> Any:
+    from service.text import TextEncoder
+
+    artifact = load_artifact(artifact_dir)
+    return TextEncoder(artifact.tokenizer_path.read_text(), artifact.max_seq_len)
+
+
+# -- every route --------------------------------------------------------------------------------
+def test_every_route_happy_path(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        r = await client.post(
+            "/embed",
+            json={"inputs": ["the door opened.", "北京"], "output": "both", "dimensions": 16},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["usage"]["prompt_tokens"] > 0 and len(body["data"]) == 2
+        first = body["data"][0]
+        assert first["index"] == 0 and first["truncated"] is False
+        assert len(first["embedding"]) == 16
+        assert abs(np.linalg.norm(first["embedding"]) - 1) < 1e-5
+        assert first["tokens"][0]["token"] == "[CLS]"
+        assert [t["token"] for t in body["data"][1]["tokens"]][1:3] == ["北", "京"]
+        assert (
+            body["data"][1]["tokens"][1]["start"] == 0 and body["data"][1]["tokens"][2]["end"] == 2
+        )
+
+        r = await client.post(
+            "/embed", json={"inputs": "word " * 400, "truncation_direction": "left"}
+        )
+        assert r.status_code == 200 and r.json()["data"][0]["truncated"] is True
+
+        r = await client.post(
+            "/embed", json={"inputs": "abc", "encoding_format": "base64", "pooling": "cls"}
+        )
+        raw = base64.b64decode(r.json()["data"][0]["embedding"])
+        assert len(np.frombuffer(raw, "<f4")) == 128
+
+        r = await client.post("/fill-mask", json={"inputs": "the old [MASK] opened the door."})
+        assert r.status_code == 200, r.text
+        candidates = r.json()
+        assert len(candidates) == 5 and set(candidates[0]) == {
+            "score",
+            "token",
+            "token_str",
+            "sequence",
+        }
+        assert candidates[0]["score"] >= candidates[-1]["score"]
+        assert "[MASK]" not in candidates[0]["sequence"]
+
+        r = await client.post(
+            "/fill-mask", json={"inputs": ["a [MASK] and a [MASK].", "[MASK]"], "top_k": 2}
+        )
+        several, single = r.json()
+        assert len(several) == 2 and all(len(mask) == 2 for mask in several)
+        assert len(single) == 2 and isinstance(single[0], dict)
+
+        r = await client.post(
+            "/fill-mask", json={"inputs": "the [MASK].", "targets": ["and", "the"]}
+        )
+        assert {c["token_str"] for c in r.json()} == {"and", "the"}, r.text
+
+        r = await client.post(
+            "/next-sentence", json={"pairs": [["he opened the door.", "he went in."]]}
+        )
+        assert r.status_code == 200 and 0 <= r.json()["data"][0]["is_next"] <= 1
+
+        r = await client.post("/v1/embeddings", json={"input": ["hello", "world"], "model": "x"})
+        body = r.json()
+        assert body["object"] == "list" and body["data"][1]["object"] == "embedding"
+        assert body["model"] == "x" and body["usage"]["total_tokens"] > 0
+
+        r = await client.post("/tokenize", json={"inputs": "hello world"})
+        assert r.json()[0]["tokens"][0] == "[CLS]" and len(r.json()[0]["offsets"]) == len(
+            r.json()[0]["ids"]
+        )
+
+        for path in ("/health", "/ready"):
+            assert (await client.get(path)).status_code == 200
+        info = (await client.get("/info")).json()
+        assert info["capabilities"] == {
+            "embed": True,
+            "pooler": True,
+            "fill_mask": True,
+            "next_sentence": True,
+        }
+        assert info["limits"]["max_inputs"] == 256 and info["precision"] == "fp32"
+        assert (await client.get("/docs")).status_code == 200
+
+    serve(tiny_artifact, check)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+BAD: list[tuple[str, str, Any, int, str]] = [
+    # (name, path, body: dict or raw bytes, status, words in the message)
+    ("malformed json", "/embed", b"{not json", 400, "not valid JSON"),
+    ("invalid utf-8", "/embed", b'{"inputs": "\xff\xfe"}', 400, "not valid JSON"),
+    ("missing inputs", "/embed", {}, 422, "inputs"),
+    ("inputs wrong type", "/embed", {"inputs": 5}, 422, "inputs"),
+    ("list of numbers", "/embed", {"inputs": [1, 2]}, 422, "inputs"),
+    ("empty string", "/embed", {"inputs": ""}, 422, "empty"),
+    ("blank string", "/embed", {"inputs": "   "}, 422, "empty"),
+    ("empty list", "/embed", {"inputs": []}, 422, "empty list"),
+    ("too many inputs", "/embed", {"inputs": ["a"] * 9}, 413, "max_inputs 8"),
+    ("too many characters", "/embed", {"inputs": "a" * 2001}, 413, "max_input_chars 2000"),
+    (
+        "too long, no truncate",
+        "/embed",
+        {"inputs": "word " * 300, "truncate": False},
+        422,
+        "max_seq_len",
+    ),
+    ("unknown pooling", "/embed", {"inputs": "a", "pooling": "max"}, 422, "pooling"),
+    ("unknown field", "/embed", {"inputs": "a", "colour": "red"}, 422, "colour"),
+    ("dimensions too big", "/embed", {"inputs": "a", "dimensions": 129}, 422, "hidden size 128"),
+    ("dimensions zero", "/embed", {"inputs": "a", "dimensions": 0}, 422, "dimensions"),
+    ("bad encoding", "/embed", {"inputs": "a", "encoding_format": "hex"}, 422, "encoding_format"),
+    (
+        "bad direction",
+        "/embed",
+        {"inputs": "a", "truncation_direction": "up"},
+        422,
+        "truncation_direction",
+    ),
+    ("nul byte", "/embed", {"inputs": "a\u0000b"}, 422, "NUL"),
+    ("no mask", "/fill-mask", {"inputs": "no mask here"}, 422, "no [MASK]"),
+    ("top_k zero", "/fill-mask", {"inputs": "[MASK]", "top_k": 0}, 422, "top_k"),
+    ("top_k huge", "/fill-mask", {"inputs": "[MASK]", "top_k": 100000}, 422, "max_top_k"),
+    (
+        "multi-token target",
+        "/fill-mask",
+        {"inputs": "[MASK]", "targets": ["zzqxj"]},
+        422,
+        "single token",
+    ),
+    ("empty targets", "/fill-mask", {"inputs": "[MASK]", "targets": []}, 422, "targets"),
+    ("pairs not pairs", "/next-sentence", {"pairs": [["only one"]]}, 422, "pairs"),
+    ("empty pairs", "/next-sentence", {"pairs": []}, 422, "empty list"),
+    ("openai empty input", "/v1/embeddings", {"input": []}, 422, "empty list"),
+    ("openai dimensions", "/v1/embeddings", {"input": "a", "dimensions": 4096}, 422, "hidden size"),
+    ("tokenize wrong type", "/tokenize", {"inputs": {"a": 1}}, 422, "inputs"),
+    ("huge body", "/embed", {"inputs": "a" * 70_000}, 413, "max_body_bytes"),
+]
+
+
+def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        for name, path, body, status, words in BAD:
+            if isinstance(body, bytes):
+                r = await client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
+            else:
+                r = await client.post(path, json=body)
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert "error" in r.json(), (name, r.text)
+            error = r.json()["error"]
+            assert words in error["message"], (name, error)
+            assert error["type"]
+        r = await client.post("/embed", json={"inputs": "still serving"})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 128
+
+    assert len(BAD) >= 25
+    serve(tiny_artifact, check, max_inputs=8, max_input_chars=2000, max_body_bytes=65536)
+
+
+def test_api_key_is_required_when_set(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        assert (await client.post("/embed", json={"inputs": "a"})).status_code == 401
+        wrong = {"authorization": "Bearer nope"}
+        r = await client.post("/embed", json={"inputs": "a"}, headers=wrong)
+        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        right = {"authorization": "Bearer s3cret"}
+        assert (await client.post("/embed", json={"inputs": "a"}, headers=right)).status_code == 200
+        for path in ("/health", "/ready", "/metrics"):
+            assert (await client.get(path)).status_code == 200
+
+    serve(tiny_artifact, check, api_key="s3cret")
+
+
+def test_embedding_only_model_answers_424_for_heads(tmp_path):
+    import torch
+    import transformers
+
+    from export.pipeline import ExportOptions, export_artifact
+
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(95)]]
+    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(vocab))
+    export_artifact(tmp_path / "hf", tmp_path / "art", ExportOptions(("fp32",), progress=False))
+
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        for path, body in (
+            ("/fill-mask", {"inputs": "w1 [MASK]"}),
+            ("/next-sentence", {"pairs": [["w1", "w2"]]}),
+            ("/embed", {"inputs": "w1", "pooling": "pooler"}),
+        ):
+            r = await client.post(path, json=body)
+            assert r.status_code == 424, (path, r.text)
+        assert (await client.post("/embed", json={"inputs": "w1 w2"})).status_code == 200
+
+    serve(tmp_path / "art", check)
+
+
+# -- overload and faults ------------------------------------------------------------------------
+def test_overload_gets_429_with_retry_after_and_accepted_requests_succeed(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        backend.delay_s = 0.05
+        responses = await asyncio.gather(
+            *[
+                client.post("/embed", json={"inputs": f"sentence number {i} of the burst"})
+                for i in range(40)
+            ]
+        )
+        codes = [r.status_code for r in responses]
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        for r in responses:
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1"
+                assert "max_queued_tokens 40" in r.json()["error"]["message"]
+            else:
+                assert len(r.json()["data"][0]["embedding"]) == 128
+        metrics = (await client.get("/metrics")).text
+        assert 'bertserve_rejected_total{reason="queue_full"}' in metrics
+        # a batch request over the bound gets the same rule
+        r = await client.post("/embed", json={"inputs": ["one more sentence"] * 8})
+        assert r.status_code == 429
+
+    serve(tiny_artifact, check, max_queued_tokens=40, max_wait_ms=0)
+
+
+def test_a_failing_batch_fails_only_its_requests(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        backend.fail_next = 1
+        r = await client.post("/embed", json={"inputs": ["a", "b"]})
+        assert r.status_code == 500 and "injected fault" in r.json()["error"]["message"]
+        assert (await client.get("/health")).status_code == 200
+        r = await client.post("/embed", json={"inputs": ["a", "b"]})
+        assert r.status_code == 200
+
+    serve(tiny_artifact, check)
+
+
+def test_expired_sequences_get_504(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        backend.delay_s = 0.3
+        slow, late = await asyncio.gather(
+            client.post("/embed", json={"inputs": "first"}),
+            client.post("/embed", json={"inputs": "second, queued behind the first"}),
+        )
+        assert slow.status_code == 200
+        assert late.status_code == 504 and "request_timeout_s" in late.json()["error"]["message"]
+
+    serve(tiny_artifact, check, request_timeout_s=0.2, max_wait_ms=0, max_batch_size=1)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+METRIC_NAMES = [
+    "bertserve_requests_total",
+    "bertserve_request_duration_seconds",
+    "bertserve_queue_duration_seconds",
+    "bertserve_inference_duration_seconds",
+    "bertserve_queue_depth",
+    "bertserve_queue_tokens",
+    "bertserve_batch_size",
+    "bertserve_batch_tokens",
+    "bertserve_batch_padding_ratio",
+    "bertserve_tokens_total",
+    "bertserve_rejected_total",
+    "bertserve_ready",
+    "bertserve_model_info",
+]
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(name + (labels if labels else " ")) or (
+            not labels and line.startswith(name + "{")
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_expose_every_documented_name_and_move(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        before = (await client.get("/metrics")).text
+        for name in METRIC_NAMES:
+            assert f"# TYPE {name.removesuffix('_total')}" in before, name
+        await asyncio.gather(
+            *[client.post("/embed", json={"inputs": f"text {i}"}) for i in range(5)]
+        )
+        after = (await client.get("/metrics")).text
+        label = '{route="/embed",status="200"}'
+        assert _sample(after, "bertserve_requests_total", label) == 5
+        assert _sample(after, "bertserve_tokens_total", '{route="/embed"}') > 0
+        assert _sample(after, "bertserve_batch_size_count") >= 1
+        assert _sample(after, "bertserve_ready") == 1
+        name = load_artifact(tiny_artifact).name
+        assert f'bertserve_model_info{{model="{name}",precision="fp32"' in after
+
+    serve(tiny_artifact, check)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(tiny_artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(copy)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("bert-serve: error:")
+    assert "tokenizer.json does not match its sha256" in result.stderr
+    assert manifest["files"]["tokenizer.json"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(tmp_path / "no")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "has no manifest.json" in missing.stderr
+
+
+def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--model",
+            str(tiny_artifact),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "BERTSERVE_MAX_INPUTS": "3"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/embed", json={"inputs": "over real http"})
+        assert r.status_code == 200
+        r = httpx.post(f"{url}/embed", json={"inputs": ["a", "b", "c", "d"]})
+        assert r.status_code == 413 and "max_inputs 3" in r.text  # env var reached Settings
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM, no traceback
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert b"Traceback" not in proc.stderr.read()
