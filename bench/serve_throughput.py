@@ -1,0 +1,328 @@
+"""Service throughput vs raw ONNX Runtime, side by side in one run on the same sentences.
+
+1. raw ORT: the artifact's encoder on batches of 32 sentences sorted by length (the ceiling);
+2. bert-serve in its own process, loaded from another process by C concurrent clients sending
+   one sentence per request, then 4 clients sending 32 sentences per request;
+3. a no-batching FastAPI + ORT server (one session.run per request) under the same load.
+Prints sentences/s, ratios to raw ORT, p50/p99 latency and the padding ratio from /metrics.
+
+  python bench/serve_throughput.py --artifact runs/minilm --precision int8 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the load generator (runs in its own process) ------------------------------------------------
+async def load(
+    url: str, sentences: list[str], clients: int, per_request: int, seconds: float
+) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    done = 0
+    failures = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal done, failures
+            i = offset
+            while time.perf_counter() < stop:
+                batch = [sentences[(i + k) % len(sentences)] for k in range(per_request)]
+                i += clients * per_request
+                body = {"inputs": batch[0] if per_request == 1 else batch}
+                start = time.perf_counter()
+                response = await client.post("/embed", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code == 200:
+                    done += per_request
+                else:
+                    failures += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*[worker(c * per_request) for c in range(clients)])
+        elapsed = time.perf_counter() - started
+    lat = np.array(latencies)
+    return {
+        "sentences_per_s": done / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1000),
+        "p99_ms": float(np.percentile(lat, 99) * 1000),
+        "requests": len(lat),
+        "failures": failures,
+    }
+
+
+def run_load(
+    url: str, sentences_file: Path, clients: int, per_request: int, seconds: float
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--client",
+            url,
+            "--sentences-file",
+            str(sentences_file),
+            "--clients",
+            str(clients),
+            "--per-request",
+            str(per_request),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- servers -----------------------------------------------------------------------------------
+def wait_ready(url: str, proc: subprocess.Popen[bytes], path: str = "/ready") -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def start(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+NAIVE_SERVER = """
+import sys, numpy as np, onnxruntime as ort
+from fastapi import FastAPI
+from tokenizers import Tokenizer
+from service.pooling import l2_normalize, pool
+encoder, tokenizer_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+options = ort.SessionOptions(); options.intra_op_num_threads = threads
+session = ort.InferenceSession(encoder, options, providers=["CPUExecutionProvider"])
+tokenizer = Tokenizer.from_file(tokenizer_path); tokenizer.enable_truncation(256)
+app = FastAPI()
+@app.get("/ready")
+def ready(): return {}
+@app.post("/embed")
+def embed(body: dict):
+    enc = tokenizer.encode(body["inputs"])
+    ids = np.array([enc.ids], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    hidden = session.run(["last_hidden_state"], feed)[0]
+    return {"embedding": l2_normalize(pool(hidden, feed["attention_mask"], "mean"))[0].tolist()}
+"""
+
+
+def padding_ratio(url: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    total = float(re.search(r"^bertserve_batch_padding_ratio_sum (\S+)", text, re.M).group(1))
+    count = float(re.search(r"^bertserve_batch_padding_ratio_count (\S+)", text, re.M).group(1))
+    return total / max(count, 1.0)
+
+
+def raw_ort(artifact: Path, precision: str, sentences: list[str], threads: int) -> float:
+    from export.parity import session
+    from service.artifact import load_artifact
+    from service.text import TextEncoder
+
+    art = load_artifact(artifact)
+    text = TextEncoder(art.tokenizer_path.read_text(), art.max_seq_len)
+    sess = session(art.variants[precision].encoder, threads)
+    ordered = sorted(sentences, key=len)
+    feeds = []
+    for i in range(0, len(ordered), 32):
+        toks = text.encode(ordered[i : i + 32])
+        width = max(len(t.ids) for t in toks)
+        ids = np.zeros((len(toks), width), np.int64)
+        mask = np.zeros_like(ids)
+        for row, t in enumerate(toks):
+            ids[row, : len(t.ids)] = t.ids
+            mask[row, : len(t.ids)] = 1
+        feeds.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )
+    sess.run(["last_hidden_state"], feeds[0])
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for feed in feeds:
+            sess.run(["last_hidden_state"], feed)
+        best = max(best, len(ordered) / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--artifact", type=Path, help="bert-export output (default: export MiniLM)")
+    p.add_argument("--precision", default="int8,fp32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--sentences", type=int, default=1000)
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--json", type=Path)
+    # load-generator mode
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--sentences-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--per-request", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.client:
+        sentences = args.sentences_file.read_text().splitlines()
+        result = asyncio.run(
+            load(args.client, sentences, args.clients, args.per_request, args.seconds)
+        )
+        print(json.dumps(result))
+        return
+
+    from bench.export_speed import minilm_dir, real_sentences
+
+    sentences = real_sentences(args.sentences)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "bertserve-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    sentences_file = work / "sentences.txt"
+    sentences_file.write_text("\n".join(sentences))
+    artifact = args.artifact or work / "minilm-artifact"
+    if not (artifact / "manifest.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "export", str(minilm_dir()), str(artifact), "--no-progress"],
+            cwd=ROOT,
+            check=True,
+        )
+    results: dict[str, object] = {"threads": args.threads, "clients": args.clients}
+    for precision in args.precision.split(","):
+        raw = raw_ort(artifact, precision, sentences, args.threads)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--model",
+                str(artifact),
+                "--port",
+                str(port),
+                "--precision",
+                precision,
+                "--threads",
+                str(args.threads),
+                "--log-level",
+                "warning",
+                "--max-inputs",
+                "64",
+            ]
+        )
+        try:
+            wait_ready(url, proc)
+            single = run_load(url, sentences_file, args.clients, 1, args.seconds)
+            batched = run_load(url, sentences_file, 4, 32, args.seconds)
+            padding = padding_ratio(url)
+        finally:
+            stop(proc)
+        entry = {
+            "raw_ort_sentences_per_s": raw,
+            "single": single,
+            "batch32": batched,
+            "padding_ratio": padding,
+            "ratio_single": single["sentences_per_s"] / raw,
+            "ratio_batch32": batched["sentences_per_s"] / raw,
+        }
+        print(f"\n{precision}: raw ORT batch-32 {raw:.0f} sentences/s ({args.threads} threads)")
+        print(
+            f"  bert-serve, {args.clients} clients x 1 sentence: "
+            f"{single['sentences_per_s']:.0f}/s = {entry['ratio_single']:.2f}x raw, "
+            f"p50 {single['p50_ms']:.0f} ms, p99 {single['p99_ms']:.0f} ms, "
+            f"{single['failures']} failures"
+        )
+        print(
+            f"  bert-serve, 4 clients x 32 sentences: {batched['sentences_per_s']:.0f}/s = "
+            f"{entry['ratio_batch32']:.2f}x raw, p50 {batched['p50_ms']:.0f} ms, "
+            f"p99 {batched['p99_ms']:.0f} ms"
+        )
+        print(f"  mean padding ratio per batch: {padding:.3f}")
+        if precision == "fp32" and not args.skip_naive:
+            from service.artifact import load_artifact
+
+            art = load_artifact(artifact)
+            script = work / "naive_server.py"
+            script.write_text(NAIVE_SERVER)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            sys_argv = [
+                str(art.variants["fp32"].encoder),
+                str(art.tokenizer_path),
+                str(args.threads),
+            ]
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import sys; sys.argv=['x', *{sys_argv!r}]; "
+                    f"exec(open({str(script)!r}).read()); import uvicorn; "
+                    f"uvicorn.run(app, port={port}, log_level='warning')",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                wait_ready(url, proc)
+                naive = run_load(url, sentences_file, args.clients, 1, args.seconds)
+            finally:
+                stop(proc)
+            entry["naive_no_batching"] = naive
+            print(
+                f"  no-batching FastAPI+ORT, {args.clients} clients x 1 sentence: "
+                f"{naive['sentences_per_s']:.0f}/s, p50 {naive['p50_ms']:.0f} ms, "
+                f"p99 {naive['p99_ms']:.0f} ms -> bert-serve is "
+                f"{single['sentences_per_s'] / naive['sentences_per_s']:.2f}x"
+            )
+        results[precision] = entry
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
