@@ -146,7 +146,8 @@ def ready(): return {}
 def embed(body: dict):
     enc = tokenizer.encode(body["inputs"])
     ids = np.array([enc.ids], dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids)}
     hidden = session.run(["last_hidden_state"], feed)[0]
     return {"embedding": l2_normalize(pool(hidden, feed["attention_mask"], "mean"))[0].tolist()}
 """

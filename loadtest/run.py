@@ -22,7 +22,8 @@ def chart(history_csv: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in csv.DictReader(open(history_csv)) if r["Name"] == "Aggregated"]
+    with open(history_csv, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["Name"] == "Aggregated"]
     if not rows:
         return
     start = int(rows[0]["Timestamp"])

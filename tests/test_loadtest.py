@@ -69,7 +69,8 @@ def test_locust_smoke_has_no_failures_and_metrics_count_every_request(tiny_artif
             text=True,
             timeout=120,
         )
-        rows = list(csv.DictReader(open(tmp_path / "locust_stats.csv")))
+        with open(tmp_path / "locust_stats.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
         total = next(r for r in rows if r["Name"] == "Aggregated")
         assert int(total["Failure Count"]) == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert result.returncode == 0
