@@ -40,18 +40,23 @@ test: lint
 demo: $(VENV)/.demo-installed
 	@if [ ! -f $(RUN)/model.safetensors ]; then \
 	  $(VENV)/bin/bert-pretrain --out $(RUN) --preset mini --time-budget $(DEMO_TIME) \
-	    --max-seq-len 128 --batch-size 32 --lr 5e-4 --warmup-steps 50 --eval-every 100 --save-every 100; \
+	    --vocab-size 8000 --max-seq-len 128 --batch-size 32 --lr 1e-3 --warmup-steps 50 \
+	    --eval-every 100 --save-every 100; \
 	else echo "reusing the model in $(RUN) (delete it to retrain)"; fi
-	@if [ -d export ] && [ -f export/cli.py ]; then \
-	  if [ ! -f $(ARTIFACT)/manifest.json ]; then $(VENV)/bin/bert-export $(RUN) $(ARTIFACT); \
-	  else echo "reusing the artifact in $(ARTIFACT)"; fi; \
-	fi
-	@if [ -f service/cli.py ]; then \
-	  $(VENV)/bin/bert-serve --model $(ARTIFACT) --host $(HOST) --port $(PORT); \
-	else echo "trained model: $(RUN) (export and serving land with their issues)"; fi
+	@if [ ! -f $(ARTIFACT)/manifest.json ]; then $(VENV)/bin/bert-export $(RUN) $(ARTIFACT); \
+	else echo "reusing the artifact in $(ARTIFACT)"; fi
+	@echo ""
+	@echo "Starting bert-serve on http://$(HOST):$(PORT) (Ctrl-C to stop). Try, in another shell:"
+	@echo "  curl -s http://$(HOST):$(PORT)/embed -H 'content-type: application/json' -d '{\"inputs\": [\"Hello world\", \"你好，世界\"]}'"
+	@echo "  curl -s http://$(HOST):$(PORT)/fill-mask -H 'content-type: application/json' -d '{\"inputs\": \"The [MASK] of the function is returned.\"}'"
+	@echo "  curl -s http://$(HOST):$(PORT)/metrics | grep bertserve_"
+	@echo ""
+	$(VENV)/bin/bert-serve --model $(ARTIFACT) --host $(HOST) --port $(PORT)
 
 bench: $(VENV)/.dev-installed
-	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --preset mini --seq-len 128 --batch-size 32
+	$(PY) bench/export_speed.py
+	$(PY) bench/serve_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

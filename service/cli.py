@@ -77,5 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def settings_table() -> str:
+    """The README's settings table, generated from `Settings` (a test keeps them equal)."""
+    rows = ["| flag | environment | default | description |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.default is None else str(field.default)
+        rows.append(f"| `{flag}` | `BERTSERVE_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

