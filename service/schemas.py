@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
-def _clean_texts(value: str | list[str], field_name: str) -> list[str]:
-    texts = [value] if isinstance(value, str) else list(value)
+def _check_texts(value: str | list[str]) -> str | list[str]:
+    texts = [value] if isinstance(value, str) else value
     if not texts:
-        raise ValueError(f"{field_name} must not be an empty list")
+        raise ValueError("must not be an empty list")
     for index, text in enumerate(texts):
         if not text.strip():
-            raise ValueError(f"{field_name}[{index}] is empty")
+            raise ValueError(f"text {index} is empty")
         if "\x00" in text:
-            raise ValueError(f"{field_name}[{index}] contains a NUL character")
-    return texts
+            raise ValueError(f"text {index} contains a NUL character")
+    return value
+
+
+# A text or a list of texts, none empty and none with NUL characters.
+Texts = Annotated[str | list[str], AfterValidator(_check_texts)]
 
 
 class _Strict(BaseModel):
@@ -24,7 +28,7 @@ class _Strict(BaseModel):
 
 
 class EmbedRequest(_Strict):
-    inputs: str | list[str] = Field(description="a text or a list of texts")
+    inputs: Texts = Field(description="a text or a list of texts")
     pooling: Literal["cls", "mean", "pooler"] | None = Field(
         None, description="sentence pooling (default: the artifact's)"
     )
@@ -34,12 +38,6 @@ class EmbedRequest(_Strict):
     output: Literal["sentence", "tokens", "both"] = "sentence"
     dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions")
     encoding_format: Literal["float", "base64"] = "float"
-
-    @field_validator("inputs")
-    @classmethod
-    def _inputs(cls, value: str | list[str]) -> str | list[str]:
-        _clean_texts(value, "inputs")
-        return value
 
 
 class TokenOut(BaseModel):
@@ -69,15 +67,9 @@ class EmbedResponse(BaseModel):
 
 
 class FillMaskRequest(_Strict):
-    inputs: str | list[str] = Field(description="text(s) with one or more [MASK] tokens")
+    inputs: Texts = Field(description="text(s) with one or more [MASK] tokens")
     top_k: int = Field(5, ge=1, description="candidates per mask")
     targets: list[str] | None = Field(None, description="score only these tokens")
-
-    @field_validator("inputs")
-    @classmethod
-    def _inputs(cls, value: str | list[str]) -> str | list[str]:
-        _clean_texts(value, "inputs")
-        return value
 
 
 class FillMaskCandidate(BaseModel):
@@ -98,7 +90,10 @@ class NextSentenceRequest(_Strict):
         for index, pair in enumerate(value):
             if len(pair) != 2:
                 raise ValueError(f"pairs[{index}] must be [first, second], got {len(pair)} texts")
-            _clean_texts(pair, f"pairs[{index}]")
+            try:
+                _check_texts(pair)
+            except ValueError as exc:
+                raise ValueError(f"pairs[{index}]: {exc}") from None
         return value
 
 
@@ -114,16 +109,10 @@ class NextSentenceResponse(BaseModel):
 
 class OpenAIEmbeddingRequest(_Strict):
     model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send `user` etc.
-    input: str | list[str]
+    input: Texts
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value: str | list[str]) -> str | list[str]:
-        _clean_texts(value, "input")
-        return value
 
 
 class OpenAIEmbedding(BaseModel):
@@ -140,13 +129,7 @@ class OpenAIEmbeddingResponse(BaseModel):
 
 
 class TokenizeRequest(_Strict):
-    inputs: str | list[str]
-
-    @field_validator("inputs")
-    @classmethod
-    def _inputs(cls, value: str | list[str]) -> str | list[str]:
-        _clean_texts(value, "inputs")
-        return value
+    inputs: Texts
 
 
 class TokenizeOut(BaseModel):

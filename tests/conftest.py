@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,3 +91,46 @@ def sts_sentences(count: int) -> list[str]:
                     break
         return sentences[:count]
     return (DATA / "sts_sentences.txt").read_text(encoding="utf-8").splitlines()[:count]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Starts bert-serve (`command` without --port; the port goes in BERTSERVE_PORT), waits for
+    /ready, yields (url, process), and stops it with SIGTERM."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {}), "BERTSERVE_PORT": str(port)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "server not ready within 60 s"
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)

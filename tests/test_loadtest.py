@@ -6,15 +6,13 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, running_server
 
 # never import locust here: it monkey-patches the whole process with gevent
 if importlib.util.find_spec("locust") is None:
@@ -22,38 +20,18 @@ if importlib.util.find_spec("locust") is None:
 
 
 def test_locust_smoke_has_no_failures_and_metrics_count_every_request(tiny_artifact, tmp_path):
-    from tests.test_service import _free_port
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--model",
-            str(tiny_artifact),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--model",
+        str(tiny_artifact),
+        "--log-level",
+        "warning",
+        "--threads",
+        "1",
+    ]
+    with running_server(command) as (url, _):
         result = subprocess.run(
             [
                 sys.executable,
@@ -81,18 +59,15 @@ def test_locust_smoke_has_no_failures_and_metrics_count_every_request(tiny_artif
         assert requests > 100
         assert {r["Name"] for r in rows} >= {"/embed", "/fill-mask", "/v1/embeddings"}
         metrics = httpx.get(f"{url}/metrics").text
-        served = sum(
-            float(m.group(2))
-            for m in re.finditer(
-                r'^bertserve_requests_total\{route="([^"]+)",status="200"\} (\S+)', metrics, re.M
-            )
-            if m.group(1) in ("/embed", "/fill-mask", "/v1/embeddings")
+    served = sum(
+        float(m.group(2))
+        for m in re.finditer(
+            r'^bertserve_requests_total\{route="([^"]+)",status="200"\} (\S+)', metrics, re.M
         )
-        # every request locust saw was counted; locust stops counting a moment before its
-        # users stop, so the server may have served a few percent more than locust recorded
-        assert requests <= served <= requests * 1.05
-        assert (tmp_path / "report.html").is_file()
-        assert (tmp_path / "throughput_latency.png").stat().st_size > 1000
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        if m.group(1) in ("/embed", "/fill-mask", "/v1/embeddings")
+    )
+    # every request locust saw was counted; locust stops counting a moment before its
+    # users stop, so the server may have served a few percent more than locust recorded
+    assert requests <= served <= requests * 1.05
+    assert (tmp_path / "report.html").is_file()
+    assert (tmp_path / "throughput_latency.png").stat().st_size > 1000

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, running_server
 
 
 def test_dockerfile_passes_hadolint():
@@ -63,32 +61,13 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
         == 0
     )
 
-    from tests.test_service import _free_port
-
-    port = _free_port()
-    server = subprocess.Popen(
+    with running_server(
         [str(venv / "bin" / "bert-serve"), "--log-level", "warning"],
+        env={**clean_env, "BERTSERVE_MODEL": str(tiny_artifact)},
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**clean_env, "BERTSERVE_MODEL": str(tiny_artifact), "BERTSERVE_PORT": str(port)},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        r = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "from the image"})
+    ) as (url, _):
+        r = httpx.post(f"{url}/embed", json={"inputs": "from the image"})
         assert r.status_code == 200
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_readme_settings_table_matches_the_settings_class():

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ from service.backend import OnnxBackend
 from service.batcher import Pending, RequestState, take_batch
 from service.pooling import pool
 from service.settings import Settings
-from tests.conftest import REPO, sts_sentences
+from tests.conftest import REPO, running_server, sts_sentences
 
 
 class CountingBackend:
@@ -452,12 +450,6 @@ def test_metrics_expose_every_documented_name_and_move(tiny_artifact):
 
 
 # -- the command line ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
     import shutil
 
@@ -487,40 +479,20 @@ def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
 
 
 def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--model",
-            str(tiny_artifact),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "BERTSERVE_MAX_INPUTS": "3"},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.2)
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--model",
+        str(tiny_artifact),
+        "--log-level",
+        "warning",
+    ]
+    with running_server(command, env={"BERTSERVE_MAX_INPUTS": "3"}) as (url, proc):
         r = httpx.post(f"{url}/embed", json={"inputs": "over real http"})
         assert r.status_code == 200
         r = httpx.post(f"{url}/embed", json={"inputs": ["a", "b", "c", "d"]})
         assert r.status_code == 413 and "max_inputs 3" in r.text  # env var reached Settings
-    finally:
         proc.send_signal(signal.SIGTERM)
         # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM, no traceback
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
