@@ -71,7 +71,9 @@ QUANT_PRESETS: dict[str, QuantPlan] = {
     "keep-ffn-out": QuantPlan(per_channel=True, keep_fp32=(r"layer\.\d+/output/dense/MatMul$",)),
     "keep-outputs": QuantPlan(per_channel=True, keep_fp32=(r"/output/dense/MatMul$",)),
 }
-AUTO = "auto"  # per-channel, plus a sensitivity search for the few MatMuls to keep in fp32
+# per-channel; only if that misses the targets, a sensitivity search for the fewest MatMuls to
+# keep in fp32 (each one kept costs ~15-20% of int8's speed: bench/export_speed.py)
+AUTO = "auto"
 DEFAULT_QUANT = AUTO
 QUANT_CHOICES = (AUTO, *QUANT_PRESETS)
 
@@ -107,8 +109,8 @@ def exact(node: str) -> str:
 def search_int8_plan(
     src: Path,
     score: Callable[[Path], tuple[float, float]],
-    target_mean: float = 0.995,
-    target_min: float = 0.985,
+    target_mean: float = 0.992,  # the int8 gate (0.99 / 0.97) with a margin, since the
+    target_min: float = 0.975,  # gate judges other sentences than these calibration ones
     max_kept_share: float = 0.25,
 ) -> tuple[QuantPlan, list[dict[str, object]]]:
     """Greedy sensitivity search. `score(path)` -> (mean, min) cosine of an int8 graph against
