@@ -62,10 +62,13 @@ def representable(source: Source, text: str) -> bool:
 
 
 def usable(source: Source, texts: list[Any]) -> list[Any]:
+    """The texts the vocabulary can represent; all of them when it can represent none (a toy
+    vocabulary), so that the gate always has inputs."""
+
     def ok(item: Any) -> bool:
         return all(representable(source, t) for t in ([item] if isinstance(item, str) else item))
 
-    return [item for item in texts if ok(item)]
+    return [item for item in texts if ok(item)] or list(texts)
 
 
 def parity_batches(source: Source) -> list[Batch]:
