@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.artifact import Artifact, load_artifact
 from service.backend import Backend, OnnxBackend
 from service.batcher import Batcher, DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from service.edge import EdgeMiddleware
 from service.engine import Engine, InvalidInput, MissingHead
 from service.metrics import Metrics
 from service.routes import NotReady, TooLarge, api, open_routes
@@ -23,8 +22,6 @@ from service.settings import Settings
 from service.text import InputTooLong
 
 log = logging.getLogger("bertserve")
-
-OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
 def error(
@@ -100,21 +97,7 @@ def create_app(
     app.include_router(open_routes)
     app.include_router(api)
 
-    @app.middleware("http")
-    async def edge(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """API key, body size and draining checks, then metrics for every request."""
-        started = time.perf_counter()
-        route = request.url.path
-        refusal = _refuse(request, settings)
-        if refusal is None and app.state.draining:
-            refusal = error(503, "shutting_down", "server is shutting down")
-        response = refusal if refusal is not None else await call_next(request)
-        if route not in ("/metrics",):
-            metrics.requests.labels(route, str(response.status_code)).inc()
-            metrics.request_duration.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, state=app.state)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -153,28 +136,3 @@ def _handler(status: int, kind: str) -> Callable[[Request, Exception], Awaitable
         return error(status, kind, str(exc))
 
     return handle
-
-
-def _refuse(request: Request, settings: Settings) -> JSONResponse | None:
-    if settings.api_key and request.url.path not in OPEN_PATHS:
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            return error(
-                401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>')"
-            )
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            size = int(length)
-        except ValueError:
-            return error(400, "invalid_request", "Content-Length is not a number")
-        if size > settings.max_body_bytes:
-            return error(
-                413,
-                "too_large",
-                f"request body of {size} bytes exceeds max_body_bytes {settings.max_body_bytes}",
-            )
-    elif request.method == "POST" and request.headers.get("transfer-encoding"):
-        return error(411, "length_required", "send Content-Length (chunked bodies are refused)")
-    return None

@@ -36,10 +36,11 @@ class Encoded:
     pooled: Floats | None  # (H,)
 
 
-def encode_vector(vector: Floats, encoding_format: str) -> list[float] | str:
+def encode_vector(vector: Floats, encoding_format: str) -> Floats | str:
+    """float: the float32 array itself (orjson writes it); base64: little-endian float32 bytes."""
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return [float(x) for x in vector]
+    return np.ascontiguousarray(vector, dtype=np.float32)
 
 
 class Engine:

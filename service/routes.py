@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.engine import Engine, InvalidInput, encode_vector
 from service.schemas import (
-    EmbeddingOut,
     EmbedRequest,
     EmbedResponse,
     FillMaskCandidate,
@@ -17,13 +17,10 @@ from service.schemas import (
     NextSentenceOut,
     NextSentenceRequest,
     NextSentenceResponse,
-    OpenAIEmbedding,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     TokenizeOut,
     TokenizeRequest,
-    TokenOut,
-    Usage,
     texts_of,
 )
 from service.settings import Settings
@@ -67,32 +64,43 @@ def check_inputs(texts: list[str], settings: Settings, what: str = "inputs") -> 
 api = APIRouter()
 
 
+def json_response(payload: Any) -> Response:
+    """orjson writes numpy vectors directly: no per-float Python objects, no re-validation of
+    a response model (the models above still document the shapes in /docs)."""
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
+
+
 @api.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
-async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> EmbedResponse:
+async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> Response:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
     engine.check_dimensions(body.dimensions)
     tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
     encoded = await engine.run(tokenized, "/embed")
     pooling = body.pooling or engine.artifact.pooling
+    want_sentence = body.output in ("sentence", "both")
     sentences = (
         engine.sentence_vectors(encoded, pooling, body.normalize, body.dimensions)
-        if body.output in ("sentence", "both")
-        else None
+        if want_sentence
+        else []
     )
     data = []
     for index, item in enumerate(encoded):
-        tokens = None
+        row: dict[str, Any] = {"index": index}
+        if want_sentence:
+            row["embedding"] = encode_vector(sentences[index], body.encoding_format)
         if body.output in ("tokens", "both"):
             vectors = engine.token_vectors(item, body.normalize, body.dimensions)
-            tokens = [
-                TokenOut(
-                    id=int(tid),
-                    token=tok,
-                    start=start,
-                    end=end,
-                    embedding=encode_vector(vec, body.encoding_format),
-                )
+            row["tokens"] = [
+                {
+                    "id": int(tid),
+                    "token": tok,
+                    "start": start,
+                    "end": end,
+                    "embedding": encode_vector(vec, body.encoding_format),
+                }
                 for tid, tok, (start, end), vec in zip(
                     item.tokenized.ids,
                     item.tokenized.tokens,
@@ -101,19 +109,15 @@ async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) ->
                     strict=True,
                 )
             ]
-        data.append(
-            EmbeddingOut(
-                index=index,
-                embedding=None
-                if sentences is None
-                else encode_vector(sentences[index], body.encoding_format),
-                tokens=tokens,
-                truncated=item.tokenized.truncated,
-            )
-        )
+        row["truncated"] = item.tokenized.truncated
+        data.append(row)
     count = sum(len(t.ids) for t in tokenized)
-    return EmbedResponse(
-        model=engine.model_name, data=data, usage=Usage(prompt_tokens=count, total_tokens=count)
+    return json_response(
+        {
+            "model": engine.model_name,
+            "data": data,
+            "usage": {"prompt_tokens": count, "total_tokens": count},
+        }
     )
 
 
@@ -194,7 +198,7 @@ async def next_sentence(
 @api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
 async def openai_embeddings(
     body: OpenAIEmbeddingRequest, engine: EngineDep, settings: SettingsDep
-) -> OpenAIEmbeddingResponse:
+) -> Response:
     texts = texts_of(body.input)
     check_inputs(texts, settings, "input")
     engine.check_dimensions(body.dimensions)
@@ -202,13 +206,20 @@ async def openai_embeddings(
     encoded = await engine.run(tokenized, "/v1/embeddings")
     vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
     count = sum(len(t.ids) for t in tokenized)
-    return OpenAIEmbeddingResponse(
-        data=[
-            OpenAIEmbedding(index=i, embedding=encode_vector(v, body.encoding_format))
-            for i, v in enumerate(vectors)
-        ],
-        model=body.model or engine.model_name,
-        usage=Usage(prompt_tokens=count, total_tokens=count),
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": encode_vector(v, body.encoding_format),
+                }
+                for i, v in enumerate(vectors)
+            ],
+            "model": body.model or engine.model_name,
+            "usage": {"prompt_tokens": count, "total_tokens": count},
+        }
     )
 
 

@@ -1,0 +1,97 @@
+"""The edge middleware, as plain ASGI (Starlette's BaseHTTPMiddleware costs a task and a
+stream per request): API key, body size and draining checks, then request metrics."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+from service.settings import Settings
+
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+UNCOUNTED = {"/metrics"}
+
+
+def error_body(kind: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, state: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.state = state  # the FastAPI app.state, for the draining flag
+
+    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        settings = self.settings
+        if settings.api_key and scope["path"] not in OPEN_PATHS:
+            auth = headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                return (
+                    401,
+                    "unauthorized",
+                    ("missing or wrong API key (send 'Authorization: Bearer <key>')"),
+                )
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return 400, "invalid_request", "Content-Length is not a number"
+            if int(length) > settings.max_body_bytes:
+                return (
+                    413,
+                    "too_large",
+                    (
+                        f"request body of {length} bytes exceeds "
+                        f"max_body_bytes {settings.max_body_bytes}"
+                    ),
+                )
+        elif scope["method"] == "POST" and "transfer-encoding" in headers:
+            return 411, "length_required", "send Content-Length (chunked bodies are refused)"
+        if getattr(self.state, "draining", False):
+            return 503, "shutting_down", "server is shutting down"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refused = self.refusal(scope)
+            if refused is None:
+                await self.app(scope, receive, send_and_record)
+            else:
+                status, kind, message = refused
+                body = error_body(kind, message)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            if path not in UNCOUNTED:
+                self.metrics.requests.labels(path, str(status)).inc()
+                self.metrics.request_duration.labels(path).observe(time.perf_counter() - started)
