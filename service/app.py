@@ -65,6 +65,7 @@ def create_app(
             max_wait_ms=settings.max_wait_ms,
             max_queued_tokens=settings.max_queued_tokens,
             request_timeout_s=settings.request_timeout_s,
+            max_padding_ratio=settings.max_padding_ratio,
         )
         batcher.start()
         app.state.batcher = batcher

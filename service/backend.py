@@ -91,6 +91,9 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # ORT's idle workers spin by default; on a small CPU that spinning takes the cores the
+        # event loop needs to parse requests and write responses between batches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = (
             [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         )

@@ -106,6 +106,27 @@ def take_batch(
     return batch, remaining, dropped
 
 
+def split_by_padding(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Splits one batch into model calls, shortest sequences first, so that no call pads more
+    than `max_padding` of its tokens. On CPUs, where compute grows with padded tokens and a
+    call of 8 is as efficient as one of 64, this turns padding into saved work. Returns index
+    groups into `lengths`; every index appears once."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for index in order:
+        length = lengths[index]  # the longest so far, since `order` is sorted
+        if current and 1 - (real + length) / (length * (len(current) + 1)) > max_padding:
+            groups.append(current)
+            current, real = [], 0
+        current.append(index)
+        real += length
+    if current:
+        groups.append(current)
+    return groups
+
+
 def pad_batch(batch: Sequence[Pending], pad_id: int) -> tuple[np.ndarray, ...]:
     """-> input_ids, attention_mask, token_type_ids, each (B, T) int64."""
     width = max(p.length for p in batch)
@@ -131,8 +152,10 @@ class Batcher:
         max_wait_ms: float,
         max_queued_tokens: int,
         request_timeout_s: float,
+        max_padding_ratio: float = 1.0,
     ) -> None:
         self.backend = backend
+        self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
         self.pad_id = pad_id
         self.max_batch_tokens = max_batch_tokens
@@ -253,13 +276,17 @@ class Batcher:
     async def _execute(
         self, loop: asyncio.AbstractEventLoop, batch: list[Pending], now: float
     ) -> None:
+        for p in batch:
+            self.metrics.queue_duration.observe(now - p.enqueued)
+        for group in split_by_padding([p.length for p in batch], self.max_padding_ratio):
+            await self._call_model(loop, [batch[i] for i in group])
+
+    async def _call_model(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
         ids, mask, types = pad_batch(batch, self.pad_id)
         real = int(mask.sum())
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tokens.observe(ids.size)
         self.metrics.batch_padding_ratio.observe(1.0 - real / ids.size)
-        for p in batch:
-            self.metrics.queue_duration.observe(now - p.enqueued)
         started = time.perf_counter()
         try:
             hidden, pooled = await loop.run_in_executor(

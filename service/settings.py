@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         2.0, ge=0, description="how long the first queued sequence waits for company"
     )
+    max_padding_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="split a batch into model calls that pad at most this "
+        "share of their tokens (1: never split)",
+    )
     max_queued_tokens: int = Field(
         262144, ge=1, description="tokens waiting in the queue before new requests get 429"
     )

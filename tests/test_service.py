@@ -19,7 +19,7 @@ import numpy as np
 from service.app import create_app
 from service.artifact import load_artifact
 from service.backend import OnnxBackend
-from service.batcher import Pending, RequestState, take_batch
+from service.batcher import Pending, RequestState, split_by_padding, take_batch
 from service.pooling import pool
 from service.settings import Settings
 from tests.conftest import REPO, running_server, sts_sentences
@@ -112,6 +112,19 @@ def test_take_batch_runs_an_oversized_sequence_alone():
     queue = [_pending(300), _pending(4)]
     batch, rest, _ = take_batch(queue, max_tokens=256, max_size=8, now=0.0)
     assert [p.length for p in batch] == [300] and [p.length for p in rest] == [4]
+
+
+def test_split_by_padding_bounds_padding_and_keeps_every_sequence():
+    lengths = [5, 40, 6, 38, 7, 12, 40, 5]
+    groups = split_by_padding(lengths, max_padding=0.2)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        sizes = [lengths[i] for i in group]
+        assert len(group) == 1 or 1 - sum(sizes) / (max(sizes) * len(sizes)) <= 0.2
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[5, 5, 6, 7], [12], [38, 40, 40]]
+    assert split_by_padding(lengths, max_padding=1.0) == [
+        sorted(range(8), key=lambda i: lengths[i])
+    ]
 
 
 # -- batching invariants ------------------------------------------------------------------------
