@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.engine import Engine, InvalidInput, encode_vector
+from service.engine import Engine, InvalidInput, MissingHead, encode_vector
 from service.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -128,8 +128,6 @@ async def fill_mask(body: FillMaskRequest, engine: EngineDep, settings: Settings
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
     if not engine.backend.has_mlm:
-        from service.engine import MissingHead
-
         raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
     if body.top_k > settings.max_top_k:
         raise InvalidInput(f"top_k {body.top_k} exceeds max_top_k {settings.max_top_k}")
@@ -183,8 +181,6 @@ async def next_sentence(
     if len(body.pairs) > settings.max_inputs:
         raise TooLarge(f"{len(body.pairs)} pairs exceed max_inputs {settings.max_inputs}")
     if not engine.backend.has_nsp:
-        from service.engine import MissingHead
-
         raise MissingHead("this model has no next-sentence head")
     tokenized = engine.text.encode([(p[0], p[1]) for p in body.pairs], truncate=True)
     encoded = await engine.run(tokenized, "/next-sentence")
