@@ -83,8 +83,14 @@ def _mlm_accuracy(run_dir: Path, corpus: Path, batches: int = 20) -> float:
 def test_tiny_model_overfits_a_small_corpus_in_under_a_minute(tmp_path):
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TINY_CORPUS)
+    # a word-level vocabulary written here, so the run does not depend on WordPiece training
+    words = sorted(set(TINY_CORPUS.replace(".", " . ").split()))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     started = time.perf_counter()
     _pretrain(
+        "--tokenizer",
+        str(vocab),
         "--corpus",
         str(corpus),
         "--out",

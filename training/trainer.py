@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,10 +25,12 @@ from training import checkpoint as ckpt
 from training.batches import Batch, BatchSource, split_documents
 from training.config import BertConfig, TrainConfig, preset
 from training.corpus import Corpus
+from training.distributed import Rank, init_distributed, pick_device
 from training.io import write_text_atomic
 from training.masking import Masker
 from training.model import BertForPreTraining, PreTrainingOutput, pretraining_loss
 from training.pairs import PairGenerator
+from training.tally import Tally
 from training.token_store import build_or_load
 from training.tokenizer import (
     SpecialIds,
@@ -38,42 +39,6 @@ from training.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-
-
-# -- distributed --------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Rank:
-    rank: int = 0
-    world: int = 1
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed(device_kind: str) -> Rank:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, NCCL on GPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Rank()
-    backend = "nccl" if device_kind == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(choice: str, rank: Rank) -> torch.device:
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        torch.cuda.set_device(rank.local)
-        return torch.device("cuda", rank.local)
-    return torch.device(choice)
 
 
 # -- schedule and optimizer ---------------------------------------------------------------------
@@ -102,67 +67,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> tor
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused or None
     )
-
-
-# -- metrics ------------------------------------------------------------------------------------
-class Tally:
-    """Sums over the steps since the last log line, kept on the device to avoid syncs."""
-
-    FIELDS = (
-        "loss",
-        "mlm_loss",
-        "nsp_loss",
-        "mlm_correct",
-        "mlm_count",
-        "nsp_correct",
-        "nsp_count",
-    )
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
-        self.tokens = 0
-        self.steps = 0
-
-    @torch.no_grad()
-    def add(self, out: PreTrainingOutput, batch: Batch, losses: tuple[torch.Tensor, ...]) -> None:
-        total, mlm, nsp = (loss.detach().double() for loss in losses)
-        mlm_hit = (out.mlm_logits.argmax(-1) == batch.masked_labels).sum()
-        if batch.nsp_labels is not None:
-            nsp_hit = (out.nsp_logits.argmax(-1) == batch.nsp_labels).sum()
-            nsp_n = batch.nsp_labels.numel()
-        else:
-            nsp_hit, nsp_n = torch.zeros((), device=total.device), 0
-        row = torch.stack(
-            [
-                total,
-                mlm,
-                nsp,
-                mlm_hit.double(),
-                torch.tensor(float(batch.masked_labels.numel()), device=total.device),
-                nsp_hit.double(),
-                torch.tensor(float(nsp_n), device=total.device),
-            ]
-        )
-        self.sums += row.to(self.sums.device)
-        self.tokens += batch.num_tokens
-
-    def summary(self, micro_batches: int, rank: Rank) -> dict[str, float]:
-        sums = self.sums.clone()
-        tokens = torch.tensor([float(self.tokens)], dtype=torch.float64, device=sums.device)
-        if rank.world > 1:
-            packed = torch.cat([sums, tokens]).cpu()
-            dist.all_reduce(packed)
-            sums, tokens = packed[:-1] / rank.world, packed[-1:]
-        values = dict(zip(self.FIELDS, sums.tolist(), strict=True))
-        n = max(1, micro_batches)
-        return {
-            "loss": values["loss"] / n,
-            "mlm_loss": values["mlm_loss"] / n,
-            "nsp_loss": values["nsp_loss"] / n,
-            "mlm_acc": values["mlm_correct"] / max(1.0, values["mlm_count"]),
-            "nsp_acc": values["nsp_correct"] / max(1.0, values["nsp_count"]),
-            "tokens": float(tokens.item()),
-        }
 
 
 # -- the run ------------------------------------------------------------------------------------
