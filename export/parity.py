@@ -108,50 +108,88 @@ def _masked_copy(batch: Batch, mask_id: int, special: set[int]) -> tuple[Batch, 
     return Batch({**batch.arrays, "input_ids": ids}), np.array(positions, dtype=np.int64)
 
 
+@dataclass
+class ReferenceBatch:
+    batch: Batch
+    hidden: np.ndarray  # (B, T, H) PyTorch last_hidden_state
+    pooled: np.ndarray  # (B, H) PyTorch pooler output
+    nsp_logits: np.ndarray | None  # (B, 2)
+    masked: Batch | None  # the batch with every 6th real token replaced by [MASK]
+    mask_positions: np.ndarray | None  # (n,) flat positions of those masks
+    mlm_top1: np.ndarray | None  # (n,) PyTorch's top-1 token at each mask
+
+
+@dataclass
+class Reference:
+    """PyTorch's outputs on the parity inputs, computed once and shared by every variant."""
+
+    batches: list[ReferenceBatch]
+    skipped: int  # parity sentences left out as unrepresentable in this vocabulary
+
+
 @torch.no_grad()
-def measure(
-    source: Source, encoder: Any, mlm_head: Any | None, nsp_head: Any | None, pooling: str
-) -> dict[str, float]:
-    """Runs one variant's sessions and the PyTorch model on the parity inputs."""
+def reference(source: Source) -> Reference:
     model = source.model
-    max_diff = 0.0
-    cosines: list[np.ndarray] = []
-    pooler_diff = nsp_diff = 0.0
-    top1_hits = top1_total = 0
     specials = {source.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
     mask_id = source.tokenizer.token_to_id("[MASK]")
+    out = []
     for batch in parity_batches(source):
-        ref_hidden, ref_pooled = model.bert(**batch.torch())
-        outs = encoder.run(None, batch.arrays)
-        hidden = outs[0].astype(np.float32)
-        real = batch.arrays["attention_mask"].astype(bool)
-        max_diff = max(max_diff, float(np.abs(hidden[real] - ref_hidden.numpy()[real]).max()))
-        pooled_ort = outs[1] if len(outs) > 1 else None
-        ours = pool(hidden, batch.arrays["attention_mask"], pooling, pooled_ort)
-        ref = pool(ref_hidden.numpy(), batch.arrays["attention_mask"], pooling, ref_pooled.numpy())
-        cosines.append(cosine(ours, ref))
-        if pooled_ort is not None and source.has_pooler:
-            pooler_diff = max(pooler_diff, float(np.abs(pooled_ort - ref_pooled.numpy()).max()))
-        if nsp_head is not None and pooled_ort is not None:
-            logits = nsp_head.run(None, {"pooled": pooled_ort.astype(np.float32)})[0]
-            ref_logits = model.cls.seq_relationship(ref_pooled).numpy()
-            nsp_diff = max(nsp_diff, float(np.abs(logits - ref_logits).max()))
-        if mlm_head is not None and mask_id is not None:
+        hidden, pooled = model.bert(**batch.torch())
+        nsp = model.cls.seq_relationship(pooled).numpy() if source.has_nsp else None
+        masked = positions = top1 = None
+        if source.has_mlm and mask_id is not None:
             masked, positions = _masked_copy(batch, mask_id, specials)
-            ref_h, _ = model.bert(**masked.torch())
-            ref_logits = model.cls.predictions(ref_h.reshape(-1, ref_h.shape[-1])[positions])
-            h = encoder.run(["last_hidden_state"], masked.arrays)[0].astype(np.float32)
-            logits = mlm_head.run(None, {"hidden": h.reshape(-1, h.shape[-1])[positions]})[0]
-            top1_hits += int((logits.argmax(-1) == ref_logits.numpy().argmax(-1)).sum())
-            top1_total += len(positions)
+            masked_hidden, _ = model.bert(**masked.torch())
+            rows = masked_hidden.reshape(-1, masked_hidden.shape[-1])[positions]
+            top1 = model.cls.predictions(rows).argmax(-1).numpy()
+        out.append(
+            ReferenceBatch(batch, hidden.numpy(), pooled.numpy(), nsp, masked, positions, top1)
+        )
+    return Reference(out, len(SENTENCES) - len(usable(source, SENTENCES)))
+
+
+def measure(
+    ref: Reference,
+    encoder: Any,
+    mlm_head: Any | None,
+    nsp_head: Any | None,
+    pooling: str,
+    has_pooler: bool,
+) -> dict[str, float]:
+    """Runs one variant's sessions on the parity inputs and compares with `ref`."""
+    max_diff = pooler_diff = nsp_diff = 0.0
+    cosines: list[np.ndarray] = []
+    top1_hits = top1_total = 0
+    for item in ref.batches:
+        arrays = item.batch.arrays
+        outs = encoder.run(None, arrays)
+        hidden = outs[0].astype(np.float32)
+        real = arrays["attention_mask"].astype(bool)
+        max_diff = max(max_diff, float(np.abs(hidden[real] - item.hidden[real]).max()))
+        pooled = outs[1] if len(outs) > 1 else None
+        ours = pool(hidden, arrays["attention_mask"], pooling, pooled)
+        theirs = pool(item.hidden, arrays["attention_mask"], pooling, item.pooled)
+        cosines.append(cosine(ours, theirs))
+        if pooled is not None and has_pooler:
+            pooler_diff = max(pooler_diff, float(np.abs(pooled - item.pooled).max()))
+        if nsp_head is not None and pooled is not None and item.nsp_logits is not None:
+            logits = nsp_head.run(None, {"pooled": pooled.astype(np.float32)})[0]
+            nsp_diff = max(nsp_diff, float(np.abs(logits - item.nsp_logits).max()))
+        if mlm_head is not None and item.masked is not None and item.mlm_top1 is not None:
+            h = encoder.run(["last_hidden_state"], item.masked.arrays)[0].astype(np.float32)
+            rows = h.reshape(-1, h.shape[-1])[item.mask_positions]
+            logits = mlm_head.run(None, {"hidden": rows})[0]
+            top1_hits += int((logits.argmax(-1) == item.mlm_top1).sum())
+            top1_total += len(item.mlm_top1)
     all_cos = np.concatenate(cosines)
-    result = {
+    result: dict[str, float] = {
         "max_abs_diff": max_diff,
         "min_cosine": float(all_cos.min()),
         "mean_cosine": float(all_cos.mean()),
         "sentences": len(all_cos),
+        "skipped_unrepresentable": ref.skipped,
     }
-    if source.has_pooler:
+    if has_pooler:
         result["pooler_max_abs_diff"] = pooler_diff
     if nsp_head is not None:
         result["nsp_max_abs_diff"] = nsp_diff

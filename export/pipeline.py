@@ -149,13 +149,19 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
     advance("heads exported")
     write_text_atomic(root / "tokenizer.json", source.tokenizer.to_str())
 
+    ref = parity.reference(source)  # PyTorch runs once, whatever the number of variants
     mlm_session = parity.session(root / mlm) if mlm else None
     nsp_session = parity.session(root / nsp) if nsp else None
     for name, entry in entries.items():
         entry["mlm_head"], entry["nsp_head"] = mlm, nsp
         try:
             figures = parity.measure(
-                source, parity.session(root / entry["encoder"]), mlm_session, nsp_session, pooling
+                ref,
+                parity.session(root / entry["encoder"]),
+                mlm_session,
+                nsp_session,
+                pooling,
+                source.has_pooler,
             )
         except Exception as exc:  # e.g. fp16 kernels missing on this CPU provider
             if name == "fp32":

@@ -240,25 +240,23 @@ async def tokenize(
 open_routes = APIRouter()
 
 
+def _probe(payload: dict[str, Any], ok: bool) -> Response:
+    return Response(
+        orjson.dumps(payload), status_code=200 if ok else 503, media_type="application/json"
+    )
+
+
 @open_routes.get("/health")
 async def health(request: Request) -> Response:
     batcher = getattr(request.app.state, "batcher", None)
     alive = batcher is not None and batcher.alive
-    return Response(
-        '{"status":"ok"}' if alive else '{"status":"down"}',
-        status_code=200 if alive else 503,
-        media_type="application/json",
-    )
+    return _probe({"status": "ok" if alive else "down"}, alive)
 
 
 @open_routes.get("/ready")
 async def ready(request: Request) -> Response:
     ok = bool(request.app.state.ready)
-    return Response(
-        '{"ready":true}' if ok else '{"ready":false}',
-        status_code=200 if ok else 503,
-        media_type="application/json",
-    )
+    return _probe({"ready": ok}, ok)
 
 
 @open_routes.get("/metrics")

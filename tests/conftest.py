@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_command(artifact: Path, *flags: str) -> list[str]:
+    """`python -m service` for an artifact (port from BERTSERVE_PORT, quiet logs)."""
+    return [
+        sys.executable,
+        "-m",
+        "service",
+        "--model",
+        str(artifact),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
 
 
 @contextlib.contextmanager

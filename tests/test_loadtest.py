@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import REPO, running_server
+from tests.conftest import REPO, running_server, serve_command
 
 # never import locust here: it monkey-patches the whole process with gevent
 if importlib.util.find_spec("locust") is None:
@@ -20,17 +20,7 @@ if importlib.util.find_spec("locust") is None:
 
 
 def test_locust_smoke_has_no_failures_and_metrics_count_every_request(tiny_artifact, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "--model",
-        str(tiny_artifact),
-        "--log-level",
-        "warning",
-        "--threads",
-        "1",
-    ]
+    command = serve_command(tiny_artifact, "--threads", "1")
     with running_server(command) as (url, _):
         result = subprocess.run(
             [

@@ -22,7 +22,7 @@ from service.backend import OnnxBackend
 from service.batcher import Pending, RequestState, split_by_padding, take_batch
 from service.pooling import pool
 from service.settings import Settings
-from tests.conftest import REPO, running_server, sts_sentences
+from tests.conftest import REPO, running_server, serve_command, sts_sentences
 
 
 class CountingBackend:
@@ -243,126 +243,6 @@ def test_every_route_happy_path(tiny_artifact):
     serve(tiny_artifact, check)
 
 
-# -- bad input ----------------------------------------------------------------------------------
-BAD: list[tuple[str, str, Any, int, str]] = [
-    # (name, path, body: dict or raw bytes, status, words in the message)
-    ("malformed json", "/embed", b"{not json", 400, "not valid JSON"),
-    ("invalid utf-8", "/embed", b'{"inputs": "\xff\xfe"}', 400, "not valid JSON"),
-    ("missing inputs", "/embed", {}, 422, "inputs"),
-    ("inputs wrong type", "/embed", {"inputs": 5}, 422, "inputs"),
-    ("list of numbers", "/embed", {"inputs": [1, 2]}, 422, "inputs"),
-    ("empty string", "/embed", {"inputs": ""}, 422, "empty"),
-    ("blank string", "/embed", {"inputs": "   "}, 422, "empty"),
-    ("empty list", "/embed", {"inputs": []}, 422, "empty list"),
-    ("too many inputs", "/embed", {"inputs": ["a"] * 9}, 413, "max_inputs 8"),
-    ("too many characters", "/embed", {"inputs": "a" * 2001}, 413, "max_input_chars 2000"),
-    (
-        "too long, no truncate",
-        "/embed",
-        {"inputs": "word " * 300, "truncate": False},
-        422,
-        "max_seq_len",
-    ),
-    ("unknown pooling", "/embed", {"inputs": "a", "pooling": "max"}, 422, "pooling"),
-    ("unknown field", "/embed", {"inputs": "a", "colour": "red"}, 422, "colour"),
-    ("dimensions too big", "/embed", {"inputs": "a", "dimensions": 129}, 422, "hidden size 128"),
-    ("dimensions zero", "/embed", {"inputs": "a", "dimensions": 0}, 422, "dimensions"),
-    ("bad encoding", "/embed", {"inputs": "a", "encoding_format": "hex"}, 422, "encoding_format"),
-    (
-        "bad direction",
-        "/embed",
-        {"inputs": "a", "truncation_direction": "up"},
-        422,
-        "truncation_direction",
-    ),
-    ("nul byte", "/embed", {"inputs": "a\u0000b"}, 422, "NUL"),
-    ("no mask", "/fill-mask", {"inputs": "no mask here"}, 422, "no [MASK]"),
-    ("top_k zero", "/fill-mask", {"inputs": "[MASK]", "top_k": 0}, 422, "top_k"),
-    ("top_k huge", "/fill-mask", {"inputs": "[MASK]", "top_k": 100000}, 422, "max_top_k"),
-    (
-        "multi-token target",
-        "/fill-mask",
-        {"inputs": "[MASK]", "targets": ["zzqxj"]},
-        422,
-        "single token",
-    ),
-    ("empty targets", "/fill-mask", {"inputs": "[MASK]", "targets": []}, 422, "targets"),
-    ("pairs not pairs", "/next-sentence", {"pairs": [["only one"]]}, 422, "pairs"),
-    ("empty pairs", "/next-sentence", {"pairs": []}, 422, "empty list"),
-    ("openai empty input", "/v1/embeddings", {"input": []}, 422, "empty list"),
-    ("openai dimensions", "/v1/embeddings", {"input": "a", "dimensions": 4096}, 422, "hidden size"),
-    ("tokenize wrong type", "/tokenize", {"inputs": {"a": 1}}, 422, "inputs"),
-    ("huge body", "/embed", {"inputs": "a" * 70_000}, 413, "max_body_bytes"),
-]
-
-
-def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
-        for name, path, body, status, words in BAD:
-            if isinstance(body, bytes):
-                r = await client.post(
-                    path, content=body, headers={"content-type": "application/json"}
-                )
-            else:
-                r = await client.post(path, json=body)
-            assert r.status_code == status, (name, r.status_code, r.text)
-            assert "error" in r.json(), (name, r.text)
-            error = r.json()["error"]
-            assert words in error["message"], (name, error)
-            assert error["type"]
-        r = await client.post("/embed", json={"inputs": "still serving"})
-        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 128
-
-    assert len(BAD) >= 25
-    serve(tiny_artifact, check, max_inputs=8, max_input_chars=2000, max_body_bytes=65536)
-
-
-def test_api_key_is_required_when_set(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
-        assert (await client.post("/embed", json={"inputs": "a"})).status_code == 401
-        wrong = {"authorization": "Bearer nope"}
-        r = await client.post("/embed", json={"inputs": "a"}, headers=wrong)
-        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
-        right = {"authorization": "Bearer s3cret"}
-        assert (await client.post("/embed", json={"inputs": "a"}, headers=right)).status_code == 200
-        for path in ("/health", "/ready", "/metrics"):
-            assert (await client.get(path)).status_code == 200
-
-    serve(tiny_artifact, check, api_key="s3cret")
-
-
-def test_embedding_only_model_answers_424_for_heads(tmp_path):
-    import torch
-    import transformers
-
-    from export.pipeline import ExportOptions, export_artifact
-
-    cfg = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(95)]]
-    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(vocab))
-    export_artifact(tmp_path / "hf", tmp_path / "art", ExportOptions(("fp32",), progress=False))
-
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
-        for path, body in (
-            ("/fill-mask", {"inputs": "w1 [MASK]"}),
-            ("/next-sentence", {"pairs": [["w1", "w2"]]}),
-            ("/embed", {"inputs": "w1", "pooling": "pooler"}),
-        ):
-            r = await client.post(path, json=body)
-            assert r.status_code == 424, (path, r.text)
-        assert (await client.post("/embed", json={"inputs": "w1 w2"})).status_code == 200
-
-    serve(tmp_path / "art", check)
-
-
 # -- overload and faults ------------------------------------------------------------------------
 def test_overload_gets_429_with_retry_after_and_accepted_requests_succeed(tiny_artifact):
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
@@ -494,15 +374,7 @@ def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
 
 
 def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "--model",
-        str(tiny_artifact),
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(tiny_artifact)
     with running_server(command, env={"BERTSERVE_MAX_INPUTS": "3"}) as (url, proc):
         r = httpx.post(f"{url}/embed", json={"inputs": "over real http"})
         assert r.status_code == 200
