@@ -106,9 +106,9 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
     advance("encoder exported")
     (root / "fp32").mkdir()
     entries: dict[str, dict[str, Any]] = {}
-    fusions = variants.optimize_fp32(raw, root / "fp32" / "encoder.onnx", heads, hidden)
+    fusions = variants.optimize_for_cpu(raw, root / "fp32" / "encoder.onnx")
     entries["fp32"] = {"precision": "fp32", "encoder": "fp32/encoder.onnx", "fusions": fusions}
-    advance("fp32 fused")
+    advance("fp32 optimized")
     if "int8" in options.precisions:
         fp32_graph = root / "fp32" / "encoder.onnx"
         search_log: list[dict[str, Any]] = []
@@ -118,11 +118,12 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         else:
             plan = variants.QUANT_PRESETS[options.quantization]
         (root / "int8").mkdir()
-        kept = variants.quantize_int8(fp32_graph, root / "int8" / "encoder.onnx", plan)
+        int8_graph = root / "int8" / "encoder.onnx"
+        kept = variants.quantize_int8(fp32_graph, int8_graph, plan)
         entries["int8"] = {
             "precision": "int8",
             "encoder": "int8/encoder.onnx",
-            "fusions": fusions,
+            "fusions": variants.fusions_in(int8_graph),
             "quantization": {
                 "preset": options.quantization,
                 "plan": plan.describe(),
@@ -133,8 +134,13 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         advance("int8 quantized")
     if "fp16" in options.precisions:
         (root / "fp16").mkdir()
-        variants.convert_fp16(raw, root / "fp16" / "encoder.onnx", heads, hidden)
-        entries["fp16"] = {"precision": "fp16", "encoder": "fp16/encoder.onnx", "fusions": fusions}
+        fp16_graph = root / "fp16" / "encoder.onnx"
+        variants.fuse_transformers(raw, fp16_graph, heads, hidden, fp16=True)
+        entries["fp16"] = {
+            "precision": "fp16",
+            "encoder": "fp16/encoder.onnx",
+            "fusions": variants.fusions_in(fp16_graph),
+        }
         advance("fp16 converted")
     raw.unlink()
     mlm = nsp = None

@@ -1,51 +1,64 @@
-"""Precision variants of the encoder: fused fp32, dynamic int8, fp16.
+"""Precision variants of the encoder: CPU-optimized fp32, dynamic int8, fused fp16.
 
-fp32: onnxruntime.transformers' BERT fusions (Attention, SkipLayerNormalization, BiasGelu,
-EmbedLayerNormalization where the pattern matches); the manifest records which took.
-int8: onnxruntime.quantization's dynamic quantization of the fused graph, per-channel, with the
-MatMuls named in `keep_fp32` left in fp32 (see QUANT_PRESETS and bench/int8_quality.py).
-fp16: the fused graph converted with keep_io_types, for GPUs.
+fp32 (the CPU graph): the graph ONNX Runtime's own optimizer makes of the plain export at the
+EXTENDED level (FusedMatMul for the scaled attention scores, BiasGelu, FusedGemm), saved so the
+manifest can say which fusions took. On CPU it measured as fast as or faster than
+onnxruntime.transformers' BERT fusions: its CPU Attention kernel loses to plain MatMul+Softmax
+at embedding-length sequences (bench/export_speed.py, README figures).
+int8: onnxruntime.quantization's dynamic quantization of that graph, per-channel, with the
+MatMuls named in `keep_fp32` left in fp32 (see QUANT_PRESETS).
+fp16 (the GPU graph): onnxruntime.transformers' fusions (Attention, SkipLayerNormalization,
+BiasGelu, ...), converted with keep_io_types.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 
-FUSIONS = (
-    "EmbedLayerNormalization",
-    "Attention",
-    "SkipLayerNormalization",
-    "LayerNormalization",
-    "BiasGelu",
-    "Gelu",
-    "FastGelu",
-)
+
+def fusions_in(path: Path) -> dict[str, int]:
+    """{fused operator: count} in a graph. Every fusion, ORT's or onnxruntime.transformers',
+    produces a contrib (com.microsoft) operator: Attention, SkipLayerNormalization, BiasGelu,
+    FusedMatMul, ..."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.domain == "com.microsoft":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
-def optimize_fp32(src: Path, dst: Path, num_heads: int, hidden: int) -> dict[str, int]:
-    """Fuses the graph for CPU and GPU alike (opt_level 0: fusions only, so the saved graph
-    stays portable between providers). Returns {fusion name: count} for those that took."""
+def optimize_for_cpu(src: Path, dst: Path) -> dict[str, int]:
+    """ONNX Runtime's EXTENDED graph optimizations, saved. EXTENDED and not ALL: ALL adds
+    layout changes tied to this machine's instruction set, and the artifact must run on any
+    x86/ARM CPU (ALL is still applied at load time). Returns the fusions that took."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return fusions_in(dst)
+
+
+def fuse_transformers(src: Path, dst: Path, num_heads: int, hidden: int, fp16: bool) -> None:
+    """onnxruntime.transformers' BERT fusions (opt_level 0: fusions only, so the graph stays
+    portable between providers); with fp16, converted keeping fp32 inputs and outputs."""
     model = optimize_model(
         str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0
     )
-    stats = model.get_fused_operator_statistics()
-    model.save_model_to_file(str(dst))
-    return {name: int(stats.get(name, 0)) for name in FUSIONS if stats.get(name, 0)}
-
-
-def convert_fp16(src: Path, dst: Path, num_heads: int, hidden: int) -> None:
-    model = optimize_model(
-        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0
-    )
-    model.convert_float_to_float16(keep_io_types=True)
+    if fp16:
+        model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(dst))
 
 
@@ -84,10 +97,10 @@ def matmul_nodes(path: Path) -> list[str]:
 
 
 def quantize_int8(src: Path, dst: Path, plan: QuantPlan) -> list[str]:
-    """Dynamic int8 quantization of `src` (the fused fp32 graph). Returns the nodes kept fp32."""
+    """Dynamic int8 quantization of `src` (the fp32 CPU graph). Returns the nodes kept fp32."""
     patterns = [re.compile(p) for p in plan.keep_fp32]
     excluded = [n for n in matmul_nodes(src) if any(p.search(n) for p in patterns)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         staged = Path(tmp) / "int8.onnx"
         quantize_dynamic(
             str(src),
@@ -100,6 +113,19 @@ def quantize_int8(src: Path, dst: Path, plan: QuantPlan) -> list[str]:
         )
         staged.replace(dst)
     return excluded
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization warns on the root logger about shape inference of contrib
+    operators it does not know (FusedMatMul), which says nothing to our users."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def exact(node: str) -> str:

@@ -78,7 +78,9 @@ def test_manifest_records_variants_fusions_and_parity(tiny_artifact):
     assert manifest["special_tokens"]["[PAD]"] == 0
     assert set(manifest["variants"]) == {"fp32", "int8"}
     fp32 = manifest["variants"]["fp32"]
-    assert fp32["fusions"].get("Attention") == 2 and fp32["parity"]["passed"]
+    # the CPU graph: ORT's own fusions, one scaled-score FusedMatMul and one BiasGelu per layer
+    assert fp32["fusions"].get("FusedMatMul") == 2 and fp32["fusions"].get("BiasGelu") == 2
+    assert fp32["parity"]["passed"]
     assert fp32["parity"]["max_abs_diff"] <= 1e-4 and fp32["parity"]["min_cosine"] >= 0.99999
     int8 = manifest["variants"]["int8"]
     assert "fill_mask_top1" in int8["parity"] and "quantization" in int8
@@ -118,13 +120,13 @@ def _write_vocab(folder: Path) -> None:
     )
 
 
-def test_hf_bert_model_folder_exports(tmp_path):
+def test_hf_bert_model_folder_exports_fp32_and_fused_fp16(tmp_path):
     torch.manual_seed(0)
     model = transformers.BertModel(_hf_bert_config())
     model.save_pretrained(tmp_path / "hf")
     _write_vocab(tmp_path / "hf")
     manifest = export_artifact(
-        tmp_path / "hf", tmp_path / "out", ExportOptions(("fp32",), progress=False)
+        tmp_path / "hf", tmp_path / "out", ExportOptions(("fp32", "fp16"), progress=False)
     )
     assert manifest["capabilities"] == {
         "embed": True,
@@ -133,6 +135,11 @@ def test_hf_bert_model_folder_exports(tmp_path):
         "next_sentence": False,
     }
     assert manifest["variants"]["fp32"]["parity"]["passed"]
+    fp16 = manifest["variants"]["fp16"]
+    layers = _hf_bert_config().num_hidden_layers
+    assert fp16["fusions"].get("Attention") == layers  # the GPU graph: transformers' fusions
+    assert fp16["fusions"].get("SkipLayerNormalization", 0) >= layers
+    assert fp16["parity"]["min_cosine"] >= 0.999 and not fp16.get("rejected")
 
 
 def test_sentence_transformers_style_folder_sets_pooling_and_length(tmp_path):
