@@ -33,8 +33,29 @@ PAIRS = [
     ("A woman is slicing an onion.", "Someone is cutting vegetables in the kitchen."),
 ]
 
-# Used only to choose which MatMuls int8 keeps in fp32 (never to judge the result).
+# Used only to choose which MatMuls int8 keeps in fp32 (never to judge the result). As varied
+# as the gate's sentences, very short ones included (int8 errs most on them): with only
+# mid-length sentences here, a plan that cleared calibration failed the gate.
 CALIBRATION = [
+    "Thanks!",
+    "Good morning.",
+    "Who wrote this?",
+    "No.",
+    "See you soon.",
+    "Where is the station?",
+    "I disagree.",
+    "Happy birthday, Anna!",
+    "The lights went out.",
+    "Is it raining?",
+    "The bridge, which was built in 1890 and repaired twice after floods, carries more traffic "
+    "today than its engineers could ever have imagined, and the city is debating whether to "
+    "replace it or to build a second crossing further downstream.",
+    "After three years of negotiations, the two companies finally agreed on the terms of the "
+    "merger, although several shareholders still say the price undervalues the smaller firm.",
+    "A dog is catching a frisbee in the air.",
+    "The old library smelled of dust, leather and forgotten afternoons.",
+    "Interest rates are expected to remain unchanged until the autumn.",
+    "Two men are playing chess in the park.",
     "The museum reopened after a long renovation of its east wing.",
     "He forgot his umbrella on the bus again.",
     "Researchers found that the new vaccine reduced infections by half.",
@@ -53,4 +74,7 @@ CALIBRATION = [
     "这家餐厅的菜很好吃，价格也不贵。",
     "科学家发现了一种新的细菌。",
     "他每天坚持跑步锻炼身体。",
+    "谢谢！",
+    "你叫什么名字？",
+    "这座城市的人口在过去十年里增长了将近一倍，交通和住房的压力也随之越来越大。",
 ]
