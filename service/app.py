@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -13,13 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.artifact import Artifact, load_artifact
 from service.backend import Backend, OnnxBackend
-from service.batcher import Batcher, DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from service.batcher import Batcher
 from service.edge import EdgeMiddleware
-from service.engine import Engine, InvalidInput, MissingHead
+from service.engine import Engine
+from service.errors import STATUS, known_error, validation_error
+from service.hot_path import HotPathMiddleware
 from service.metrics import Metrics
-from service.routes import NotReady, TooLarge, api, open_routes
+from service.routes import api, open_routes
 from service.settings import Settings
-from service.text import InputTooLong
 
 log = logging.getLogger("bertserve")
 
@@ -30,17 +31,6 @@ def error(
     return JSONResponse(
         {"error": {"type": kind, "message": message}}, status_code=status, headers=headers
     )
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "request body is not valid JSON (or not UTF-8)"
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
-    return 422, "; ".join(parts)
 
 
 def create_app(
@@ -98,6 +88,8 @@ def create_app(
     app.include_router(open_routes)
     app.include_router(api)
 
+    # added first, so it runs inside the edge (API key, body size, draining, request metrics)
+    app.add_middleware(HotPathMiddleware, state=app.state)
     app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, state=app.state)
 
     @app.exception_handler(StarletteHTTPException)
@@ -108,32 +100,15 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        status, message = _validation_message(exc)
-        return error(status, "invalid_request" if status == 400 else "validation_error", message)
+        return error(*validation_error(exc.errors()))
 
-    handlers: list[tuple[type[Exception], int, str]] = [
-        (InvalidInput, 422, "validation_error"),
-        (InputTooLong, 422, "input_too_long"),
-        (TooLarge, 413, "too_large"),
-        (MissingHead, 424, "missing_head"),
-        (NotReady, 503, "not_ready"),
-        (ShuttingDown, 503, "shutting_down"),
-        (DeadlineExceeded, 504, "deadline_exceeded"),
-        (ModelError, 500, "model_error"),
-    ]
-    for exc_type, status, kind in handlers:
-        app.add_exception_handler(exc_type, _handler(status, kind))
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        known = known_error(exc, metrics)
+        if known is None:  # not reached: registered for the known types only
+            raise exc
+        status, kind, headers = known
+        return error(status, kind, str(exc), headers=headers or None)
 
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        metrics.rejected.labels("queue_full").inc()
-        return error(429, "overloaded", str(exc), headers={"Retry-After": "1"})
-
+    for exc_type in STATUS:
+        app.add_exception_handler(exc_type, _known)
     return app
-
-
-def _handler(status: int, kind: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
-        return error(status, kind, str(exc))
-
-    return handle

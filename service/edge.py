@@ -7,18 +7,14 @@ import hmac
 import time
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_body
 from service.metrics import Metrics
 from service.settings import Settings
 
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 UNCOUNTED = {"/metrics"}
-
-
-def error_body(kind: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"type": kind, "message": message}})
 
 
 class EdgeMiddleware:

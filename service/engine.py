@@ -17,7 +17,7 @@ from service.artifact import Artifact
 from service.backend import Backend, Floats
 from service.batcher import Batcher, RequestState
 from service.metrics import Metrics
-from service.pooling import l2_normalize, pool
+from service.pooling import l2_normalize, pool_one
 from service.text import TextEncoder, Tokenized
 
 
@@ -83,10 +83,8 @@ class Engine:
         self.check_dimensions(dimensions)
         vectors = []
         for item in encoded:
-            hidden = item.hidden[None]  # (1, n, H)
-            mask = np.ones((1, hidden.shape[1]), dtype=np.int64)
             pooled = None if item.pooled is None else item.pooled[None]
-            vector = pool(hidden, mask, pooling, pooled)[0]
+            vector = pool_one(item.hidden, pooling, pooled)  # (H,)
             vectors.append(self._finish(vector, normalize, dimensions))
         return vectors
 

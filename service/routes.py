@@ -34,11 +34,16 @@ class NotReady(Exception):
     """The model is not loaded yet, or the server is draining (503)."""
 
 
-async def get_engine(request: Request) -> Engine:
-    engine: Engine | None = getattr(request.app.state, "engine", None)
-    if engine is None or not request.app.state.ready:
+def ready_engine(state: Any) -> Engine:
+    """The engine, once the model is loaded and warm; `state` is the FastAPI app.state."""
+    engine: Engine | None = getattr(state, "engine", None)
+    if engine is None or not state.ready:
         raise NotReady("the model is not ready yet")
     return engine
+
+
+async def get_engine(request: Request) -> Engine:
+    return ready_engine(request.app.state)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -64,16 +69,23 @@ def check_inputs(texts: list[str], settings: Settings, what: str = "inputs") -> 
 api = APIRouter()
 
 
-def json_response(payload: Any) -> Response:
+def json_bytes(payload: Any) -> bytes:
     """orjson writes numpy vectors directly: no per-float Python objects, no re-validation of
     a response model (the models above still document the shapes in /docs)."""
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-    )
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_response(payload: Any) -> Response:
+    return Response(json_bytes(payload), media_type="application/json")
 
 
 @api.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
 async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> Response:
+    # answered by service.hot_path before routing; this route gives /docs its schema
+    return json_response(await embed_payload(body, engine, settings))
+
+
+async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> dict[str, Any]:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
     engine.check_dimensions(body.dimensions)
@@ -112,13 +124,11 @@ async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) ->
         row["truncated"] = item.tokenized.truncated
         data.append(row)
     count = sum(len(t.ids) for t in tokenized)
-    return json_response(
-        {
-            "model": engine.model_name,
-            "data": data,
-            "usage": {"prompt_tokens": count, "total_tokens": count},
-        }
-    )
+    return {
+        "model": engine.model_name,
+        "data": data,
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }
 
 
 @api.post("/fill-mask")
@@ -195,6 +205,12 @@ async def next_sentence(
 async def openai_embeddings(
     body: OpenAIEmbeddingRequest, engine: EngineDep, settings: SettingsDep
 ) -> Response:
+    return json_response(await openai_payload(body, engine, settings))  # see embed()
+
+
+async def openai_payload(
+    body: OpenAIEmbeddingRequest, engine: Engine, settings: Settings
+) -> dict[str, Any]:
     texts = texts_of(body.input)
     check_inputs(texts, settings, "input")
     engine.check_dimensions(body.dimensions)
@@ -202,21 +218,15 @@ async def openai_embeddings(
     encoded = await engine.run(tokenized, "/v1/embeddings")
     vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
     count = sum(len(t.ids) for t in tokenized)
-    return json_response(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "object": "embedding",
-                    "index": i,
-                    "embedding": encode_vector(v, body.encoding_format),
-                }
-                for i, v in enumerate(vectors)
-            ],
-            "model": body.model or engine.model_name,
-            "usage": {"prompt_tokens": count, "total_tokens": count},
-        }
-    )
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": body.model or engine.model_name,
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }
 
 
 @api.post("/tokenize", response_model=list[TokenizeOut])

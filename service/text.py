@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
@@ -16,13 +14,25 @@ class InputTooLong(ValueError):
         )
 
 
-@dataclass
 class Tokenized:
-    ids: np.ndarray  # (n,) int64
-    type_ids: np.ndarray  # (n,) int64
-    tokens: list[str]
-    offsets: list[tuple[int, int]]
-    truncated: bool
+    """One tokenized input. Token strings and offsets are read from the encoding only when a
+    response asks for them (most ask for a sentence vector only)."""
+
+    __slots__ = ("encoding", "ids", "truncated", "type_ids")
+
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding = encoding
+        self.ids = np.asarray(encoding.ids, dtype=np.int64)  # (n,)
+        self.type_ids = np.asarray(encoding.type_ids, dtype=np.int64)  # (n,)
+        self.truncated = bool(encoding.overflowing)
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.encoding.tokens)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return [(start, end) for start, end in self.encoding.offsets]
 
 
 class TextEncoder:
@@ -47,25 +57,20 @@ class TextEncoder:
         truncate: bool = True,
         direction: str = "right",
     ) -> list[Tokenized]:
+        tokenizer = (self.left if direction == "left" else self.right) if truncate else self.full
+        if len(texts) == 1:  # encode_batch hands even one text to its thread pool
+            first = texts[0]
+            if isinstance(first, str):
+                encodings = [tokenizer.encode(first)]
+            else:
+                encodings = [tokenizer.encode(first[0], first[1])]
+        else:
+            encodings = tokenizer.encode_batch(texts)
         if not truncate:
-            encodings = self.full.encode_batch(texts)
             for index, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_len:
                     raise InputTooLong(index, len(enc.ids), self.max_len)
-        else:
-            tokenizer = self.left if direction == "left" else self.right
-            encodings = tokenizer.encode_batch(texts)
-        return [self._wrap(e) for e in encodings]
-
-    @staticmethod
-    def _wrap(enc: Encoding) -> Tokenized:
-        return Tokenized(
-            np.asarray(enc.ids, dtype=np.int64),
-            np.asarray(enc.type_ids, dtype=np.int64),
-            list(enc.tokens),
-            [tuple(o) for o in enc.offsets],  # type: ignore[misc]
-            bool(enc.overflowing),
-        )
+        return [Tokenized(e) for e in encodings]
 
     def token_id(self, token: str) -> int | None:
         return self.full.token_to_id(token)

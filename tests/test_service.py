@@ -15,12 +15,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from service.app import create_app
 from service.artifact import load_artifact
 from service.backend import OnnxBackend
 from service.batcher import Pending, RequestState, split_by_padding, take_batch
-from service.pooling import pool
+from service.pooling import pool, pool_one
 from service.settings import Settings
 from tests.conftest import REPO, running_server, serve_command, sts_sentences
 
@@ -384,3 +385,15 @@ def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
         # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM, no traceback
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         assert b"Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_pool_one_equals_pool_on_an_unpadded_sequence(pooling):
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((7, 16)).astype(np.float32)  # (n, H)
+    pooler_output = rng.standard_normal((1, 16)).astype(np.float32)
+    expected = pool(hidden[None], np.ones((1, 7), np.int64), pooling, pooler_output)[0]
+    got = pool_one(hidden, pooling, pooler_output)
+    assert got.dtype == np.float32 and got.shape == (16,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

@@ -1,0 +1,54 @@
+"""Which exception becomes which HTTP error, shared by the FastAPI handlers and the hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from service.batcher import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from service.engine import InvalidInput, MissingHead
+from service.metrics import Metrics
+from service.routes import NotReady, TooLarge
+from service.text import InputTooLong
+
+# exception type -> (status, error type in the body)
+STATUS: dict[type[Exception], tuple[int, str]] = {
+    InvalidInput: (422, "validation_error"),
+    InputTooLong: (422, "input_too_long"),
+    TooLarge: (413, "too_large"),
+    MissingHead: (424, "missing_head"),
+    NotReady: (503, "not_ready"),
+    ShuttingDown: (503, "shutting_down"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+    ModelError: (500, "model_error"),
+    Overloaded: (429, "overloaded"),
+}
+
+
+def error_body(kind: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
+def known_error(exc: Exception, metrics: Metrics) -> tuple[int, str, dict[str, str]] | None:
+    """(status, kind, headers) for an exception the API documents; None for a bug."""
+    for exc_type, (status, kind) in STATUS.items():
+        if isinstance(exc, exc_type):
+            if isinstance(exc, Overloaded):
+                metrics.rejected.labels("queue_full").inc()
+                return status, kind, {"Retry-After": "1"}
+            return status, kind, {}
+    return None
+
+
+def validation_error(errors: Sequence[Any]) -> tuple[int, str, str]:
+    """(status, kind, message) for pydantic errors: 400 for a body that is not JSON, else 422
+    naming the first few fields at fault."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "invalid_request", "request body is not valid JSON (or not UTF-8)"
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
+    return 422, "validation_error", "; ".join(parts)
