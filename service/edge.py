@@ -17,6 +17,25 @@ OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/
 UNCOUNTED = {"/metrics"}
 
 
+async def send_json(
+    send: Send, status: int, content: bytes, headers: dict[str, str] | None = None
+) -> None:
+    """A whole JSON response in two ASGI messages."""
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, state: Any) -> None:
         self.app = app
@@ -75,18 +94,7 @@ class EdgeMiddleware:
                 await self.app(scope, receive, send_and_record)
             else:
                 status, kind, message = refused
-                body = error_body(kind, message)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, status, error_body(kind, message))
         finally:
             if path not in UNCOUNTED:
                 self.metrics.requests.labels(path, str(status)).inc()

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.edge import send_json
 from service.engine import Engine
 from service.errors import error_body, known_error, validation_error
 from service.routes import embed_payload, json_bytes, openai_payload, ready_engine
@@ -51,7 +52,7 @@ class HotPathMiddleware:
             await self.app(scope, receive, send)
             return
         schema, handler = route
-        headers: list[tuple[bytes, bytes]] = []
+        headers: dict[str, str] = {}
         try:
             body = await read_body(receive)
             engine = ready_engine(self.state)
@@ -67,18 +68,6 @@ class HotPathMiddleware:
             known = known_error(exc, self.state.metrics)
             if known is None:
                 raise  # a bug: Starlette's ServerErrorMiddleware answers 500 and logs it
-            status, kind, extra = known
+            status, kind, headers = known
             content = error_body(kind, str(exc))
-            headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(content)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, content, headers)
