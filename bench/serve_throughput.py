@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -239,35 +240,69 @@ def padding_ratio(url: str) -> float:
     return total / max(count, 1.0)
 
 
-def raw_ort(artifact: Path, precision: str, sentences: list[str], threads: int) -> float:
-    from export.parity import session
-    from service.artifact import load_artifact
-    from service.text import TextEncoder
+class RawOrt:
+    """The ceiling: the artifact's encoder on batches of 32 sentences sorted by length, in this
+    process. Measured again before every served run, so each ratio compares neighbours in time
+    (this VM's speed drifts by 10-25% over minutes)."""
 
-    art = load_artifact(artifact)
-    text = TextEncoder(art.tokenizer_path.read_text(), art.max_seq_len)
-    sess = session(art.variants[precision].encoder, threads)
-    ordered = sorted(sentences, key=len)
-    feeds = []
-    for i in range(0, len(ordered), 32):
-        toks = text.encode(ordered[i : i + 32])
-        width = max(len(t.ids) for t in toks)
-        ids = np.zeros((len(toks), width), np.int64)
-        mask = np.zeros_like(ids)
-        for row, t in enumerate(toks):
-            ids[row, : len(t.ids)] = t.ids
-            mask[row, : len(t.ids)] = 1
-        feeds.append(
-            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        )
-    sess.run(["last_hidden_state"], feeds[0])
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for feed in feeds:
-            sess.run(["last_hidden_state"], feed)
-        best = max(best, len(ordered) / (time.perf_counter() - start))
-    return best
+    def __init__(self, artifact: Path, precision: str, sentences: list[str], threads: int):
+        from export.parity import session
+        from service.artifact import load_artifact
+        from service.text import TextEncoder
+
+        art = load_artifact(artifact)
+        text = TextEncoder(art.tokenizer_path.read_text(), art.max_seq_len)
+        self.session = session(art.variants[precision].encoder, threads)
+        ordered = sorted(sentences, key=len)
+        self.sentences = len(ordered)
+        self.feeds = []
+        for i in range(0, len(ordered), 32):
+            toks = text.encode(ordered[i : i + 32])
+            width = max(len(t.ids) for t in toks)
+            ids = np.zeros((len(toks), width), np.int64)
+            mask = np.zeros_like(ids)
+            for row, t in enumerate(toks):
+                ids[row, : len(t.ids)] = t.ids
+                mask[row, : len(t.ids)] = 1
+            self.feeds.append(
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )
+        self.session.run(["last_hidden_state"], self.feeds[0])
+
+    def measure(self, passes: int = 3) -> tuple[float, float]:
+        """(best sentences/s, CPU ms per sentence over all passes)."""
+        best, cpu_start = 0.0, time.process_time()
+        for _ in range(passes):
+            start = time.perf_counter()
+            for feed in self.feeds:
+                self.session.run(["last_hidden_state"], feed)
+            best = max(best, self.sentences / (time.perf_counter() - start))
+        cpu_ms = (time.process_time() - cpu_start) * 1000 / (passes * self.sentences)
+        return best, cpu_ms
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def served(
+    url: str, pid: int, sentences_file: Path, clients: int, per_request: int, seconds: float
+) -> dict[str, object]:
+    """run_load plus CPU accounting: the server's and the load generator's CPU ms per
+    sentence (the generator's only when it is wrk, a child we wait for)."""
+    server_before, load_before = process_cpu_s(pid), children_cpu_s()
+    result = dict(run_load(url, sentences_file, clients, per_request, seconds))
+    done = float(result["sentences_per_s"]) * seconds
+    result["server_cpu_ms_per_sentence"] = (process_cpu_s(pid) - server_before) * 1000 / done
+    result["load_cpu_ms_per_sentence"] = (children_cpu_s() - load_before) * 1000 / done
+    return result
 
 
 def main() -> None:
@@ -278,6 +313,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--sentences", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=2, help="raw/served pairs per precision")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--json", type=Path)
     # load-generator mode
@@ -310,7 +346,7 @@ def main() -> None:
         )
     results: dict[str, object] = {"threads": args.threads, "clients": args.clients}
     for precision in args.precision.split(","):
-        raw = raw_ort(artifact, precision, sentences, args.threads)
+        raw = RawOrt(artifact, precision, sentences, args.threads)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = start(
@@ -332,32 +368,50 @@ def main() -> None:
                 "64",
             ]
         )
+        rounds = []
         try:
             wait_ready(url, proc)
-            single = run_load(url, sentences_file, args.clients, 1, args.seconds)
-            batched = run_load(url, sentences_file, 4, 32, args.seconds)
+            for _ in range(args.rounds):  # raw, then served, alternately
+                raw_rate, raw_cpu = raw.measure()
+                single = served(url, proc.pid, sentences_file, args.clients, 1, args.seconds)
+                rounds.append((raw_rate, raw_cpu, single))
+            raw_rate, raw_cpu = raw.measure()
+            batched = served(url, proc.pid, sentences_file, 4, 32, args.seconds)
             padding = padding_ratio(url)
         finally:
             stop(proc)
+        ratios = [one["sentences_per_s"] / rate for rate, _, one in rounds]
+        _, raw_cpu_last, single = rounds[-1]
+        overhead = single["server_cpu_ms_per_sentence"] + single["load_cpu_ms_per_sentence"]
         entry = {
-            "raw_ort_sentences_per_s": raw,
+            "raw_ort_sentences_per_s": [r for r, _, _ in rounds],
+            "raw_ort_cpu_ms_per_sentence": raw_cpu_last,
+            "single_rounds": [one for _, _, one in rounds],
             "single": single,
             "batch32": batched,
             "padding_ratio": padding,
-            "ratio_single": single["sentences_per_s"] / raw,
-            "ratio_batch32": batched["sentences_per_s"] / raw,
+            "ratio_single_rounds": ratios,
+            "ratio_single": float(np.median(ratios)),
+            "ratio_batch32": batched["sentences_per_s"] / raw_rate,
         }
-        print(f"\n{precision}: raw ORT batch-32 {raw:.0f} sentences/s ({args.threads} threads)")
+        print(f"\n{precision}, {args.threads} threads, {args.clients} clients x 1 sentence:")
+        for i, (rate, _, one) in enumerate(rounds):
+            print(
+                f"  round {i + 1}: raw ORT batch-32 {rate:.0f}/s, bert-serve "
+                f"{one['sentences_per_s']:.0f}/s = {ratios[i]:.2f}x, p50 {one['p50_ms']:.0f} ms, "
+                f"p99 {one['p99_ms']:.0f} ms, {one['failures']:.0f} failures"
+            )
+        print(f"  median ratio {entry['ratio_single']:.2f}x")
         print(
-            f"  bert-serve, {args.clients} clients x 1 sentence: "
-            f"{single['sentences_per_s']:.0f}/s = {entry['ratio_single']:.2f}x raw, "
-            f"p50 {single['p50_ms']:.0f} ms, p99 {single['p99_ms']:.0f} ms, "
-            f"{single['failures']} failures"
+            f"  CPU ms per sentence (last round): raw ORT {raw_cpu_last:.2f}; bert-serve "
+            f"{single['server_cpu_ms_per_sentence']:.2f} (all its threads); load generator "
+            f"{single['load_cpu_ms_per_sentence']:.2f} -> with the {os.cpu_count()} cores "
+            f"saturated, served/raw can be at most {raw_cpu_last / overhead:.2f}x"
         )
         print(
-            f"  bert-serve, 4 clients x 32 sentences: {batched['sentences_per_s']:.0f}/s = "
-            f"{entry['ratio_batch32']:.2f}x raw, p50 {batched['p50_ms']:.0f} ms, "
-            f"p99 {batched['p99_ms']:.0f} ms"
+            f"4 clients x 32 sentences: raw {raw_rate:.0f}/s, bert-serve "
+            f"{batched['sentences_per_s']:.0f}/s = {entry['ratio_batch32']:.2f}x raw, "
+            f"p50 {batched['p50_ms']:.0f} ms, p99 {batched['p99_ms']:.0f} ms"
         )
         print(f"  mean padding ratio per batch: {padding:.3f}")
         if precision == "fp32" and not args.skip_naive:

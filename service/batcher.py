@@ -7,6 +7,9 @@ The trip of a request:
   (a pure function) picks sequences under the padded-token budget and size cap, oldest first and
   then those closest in length to cut padding -> the backend runs in a worker thread so the
   event loop never blocks -> each sequence's slice of the output resolves its future.
+The next model call is formed and handed to the worker thread while the current one runs (two
+in flight at most), so the model never sits idle while the event loop is busy with HTTP: with
+one in flight, 2 cores were ~13% idle under 32 single-sentence clients.
 Sequences of a request that went away (client disconnect, handler cancelled) or whose deadline
 passed are dropped before compute. A backend error fails that batch's futures only; the loop
 lives on.
@@ -170,6 +173,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertserve-model")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # one model call running, one ready behind it in the worker thread's queue
+        self._slots = asyncio.Semaphore(2)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +196,8 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
         for pending in self.queue:
             if not pending.future.done():
                 pending.future.set_exception(ShuttingDown("server is shutting down"))
@@ -247,6 +255,9 @@ class Batcher:
                         continue
                     except asyncio.TimeoutError:
                         pass
+                # form the batch as late as possible: once the model can take it next
+                await self._slots.acquire()
+                self._slots.release()
                 now = time.monotonic()
                 batch, self.queue, dropped = take_batch(
                     self.queue, self.max_batch_tokens, self.max_batch_size, now
@@ -260,6 +271,11 @@ class Batcher:
     def _retire(self, dropped: list[Pending], now: float) -> None:
         for p in dropped:
             self.queued_tokens -= p.length
+        self._expire(dropped)
+
+    def _expire(self, dropped: list[Pending]) -> None:
+        """Fails sequences dropped before compute: cancelled, or past their deadline."""
+        for p in dropped:
             if p.future.done():
                 continue
             if p.request.cancelled:
@@ -282,16 +298,37 @@ class Batcher:
             await self._call_model(loop, [batch[i] for i in group])
 
     async def _call_model(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
+        """Hands one padded batch to the worker thread and returns; a task delivers results."""
         ids, mask, types = pad_batch(batch, self.pad_id)
         real = int(mask.sum())
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tokens.observe(ids.size)
         self.metrics.batch_padding_ratio.observe(1.0 - real / ids.size)
+        await self._slots.acquire()
+        call = loop.run_in_executor(self._executor, self._timed_encode, batch, ids, mask, types)
+        task = loop.create_task(self._deliver(call, batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    def _timed_encode(
+        self, batch: list[Pending], ids: np.ndarray, mask: np.ndarray, types: np.ndarray
+    ) -> tuple[Floats, Floats | None] | None:
+        """In the worker thread. None, without computing, when every sequence of the batch
+        expired or was cancelled while it waited behind the previous call."""
+        now = time.monotonic()
+        if all(p.request.cancelled or now > p.deadline for p in batch):
+            return None
         started = time.perf_counter()
         try:
-            hidden, pooled = await loop.run_in_executor(
-                self._executor, self.backend.encode, ids, mask, types
-            )
+            return self.backend.encode(ids, mask, types)
+        finally:  # model time only, not the wait behind the previous call
+            self.metrics.inference_duration.observe(time.perf_counter() - started)
+
+    async def _deliver(
+        self, call: asyncio.Future[tuple[Floats, Floats | None] | None], batch: list[Pending]
+    ) -> None:
+        try:
+            outputs = await call
         except Exception as exc:  # the model failed: this batch's requests fail, the loop lives
             log.exception("model error on a batch of %d sequences", len(batch))
             for p in batch:
@@ -299,8 +336,12 @@ class Batcher:
                     p.future.set_exception(ModelError(f"model error: {exc}"))
             return
         finally:
-            self.metrics.inference_duration.observe(time.perf_counter() - started)
             self.batches_run += 1
+            self._slots.release()
+        if outputs is None:
+            self._expire(batch)
+            return
+        hidden, pooled = outputs
         for row, p in enumerate(batch):
             if not p.future.done():
                 p.future.set_result(
