@@ -96,7 +96,9 @@ def gemm_ceiling(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict
                 [weight],
             )
             fp32, int8 = Path(tmp) / f"{k}x{n}.onnx", Path(tmp) / f"{k}x{n}-int8.onnx"
-            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model.ir_version = 8  # what opset 17 needs; older onnxruntime refuses newer IR
+            onnx.save(model, fp32)
             variants.quantize_int8(fp32, int8, variants.QuantPlan())
             x = {"x": rng.standard_normal((rows, k)).astype(np.float32)}
             runs = {p.name: parity.session(p, threads) for p in (fp32, int8)}
