@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,6 +86,8 @@ local sentences = {}
 for line in io.lines(os.getenv("BENCH_SENTENCES")) do table.insert(sentences, line) end
 local per = tonumber(os.getenv("BENCH_PER_REQUEST"))
 local path = os.getenv("BENCH_PATH")
+local key = os.getenv("BENCH_KEY")
+local extra = os.getenv("BENCH_EXTRA")
 local i = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -96,7 +99,7 @@ request = function()
     parts[k] = quote(sentences[(i % #sentences) + 1])
   end
   local inputs = per == 1 and parts[1] or ("[" .. table.concat(parts, ",") .. "]")
-  return wrk.format(nil, path, nil, '{"inputs": ' .. inputs .. '}')
+  return wrk.format(nil, path, nil, '{"' .. key .. '": ' .. inputs .. extra .. '}')
 end
 """
 
@@ -107,7 +110,14 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(
-    url: str, sentences_file: Path, clients: int, per_request: int, seconds: float
+    url: str,
+    sentences_file: Path,
+    clients: int,
+    per_request: int,
+    seconds: float,
+    path: str = "/embed",
+    key: str = "inputs",
+    extra: str = "",
 ) -> dict[str, object]:
     """wrk (C, one thread) as the load generator: it needs little of the 2 cores we share."""
     script = sentences_file.parent / "load.lua"
@@ -135,7 +145,9 @@ def run_wrk(
             **os.environ,
             "BENCH_SENTENCES": str(sentences_file),
             "BENCH_PER_REQUEST": str(per_request),
-            "BENCH_PATH": "/embed",
+            "BENCH_PATH": path,
+            "BENCH_KEY": key,
+            "BENCH_EXTRA": extra,
         },
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -305,6 +317,52 @@ def served(
     return result
 
 
+def run_infinity(
+    args: argparse.Namespace, precision: str, raw: RawOrt, sentences_file: Path, ours: dict
+) -> dict[str, object]:
+    """infinity-emb's optimum (ONNX Runtime) engine on the same model and load. It reads the
+    ONNX files at the root of the model folder: model.onnx (fp32) and model_quantized.onnx
+    (int8, preferred on CPU unless told not to); README says how they were made."""
+    port = free_port()
+    # run from the model folder with model id ".": given an absolute path, 0.0.78 hands optimum
+    # an absolute ONNX file name that optimum then fails to find among its relative listing
+    cmd = [
+        args.infinity_bin, "v2", "--model-id", ".", "--engine", "optimum",
+        "--device", "cpu", "--port", str(port), "--batch-size", "32",
+    ]  # fmt: skip
+    if precision == "fp32":
+        cmd.append("--onnx-do-not-prefer-quantized")
+    cache = Path(tempfile.mkdtemp(prefix="infinity-cache-"))  # its optimized-graph cache is
+    env = {  # keyed by model id only, so fp32 and int8 runs would share it
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HUGGINGFACE_HUB_CACHE": str(cache),
+        "OMP_NUM_THREADS": str(args.threads),
+    }
+    proc = subprocess.Popen(
+        cmd, cwd=args.infinity_model, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, "/health")
+        raw_rate, _ = raw.measure()
+        extra = ', "model": "."'
+        result = run_wrk(url, sentences_file, args.clients, 1, args.seconds, "/embeddings",
+                         "input", extra)  # fmt: skip
+    finally:
+        stop(proc)
+        shutil.rmtree(cache, ignore_errors=True)
+    ratio = float(ours["ratio_single"]) * raw_rate / float(result["sentences_per_s"])
+    print(
+        f"  infinity-emb (optimum, {precision}), {args.clients} x 1: "
+        f"{result['sentences_per_s']:.0f}/s (raw ORT just before: {raw_rate:.0f}/s), "
+        f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; bert-serve at its "
+        f"median ratio to the same raw figure is {ratio:.2f}x infinity-emb"
+    )
+    return {**result, "raw_ort_before": raw_rate, "bert_serve_over_infinity": ratio}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--artifact", type=Path, help="bert-export output (default: export MiniLM)")
@@ -315,6 +373,13 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2, help="raw/served pairs per precision")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument(
+        "--infinity-model",
+        type=Path,
+        help="compare with infinity-emb: a model folder with model.onnx and "
+        "model_quantized.onnx at its root (see README)",
+    )
+    p.add_argument("--infinity-bin", default="infinity_emb", help="infinity-emb's CLI")
     p.add_argument("--json", type=Path)
     # load-generator mode
     p.add_argument("--client", help=argparse.SUPPRESS)
@@ -451,6 +516,8 @@ def main() -> None:
                 f"p99 {naive['p99_ms']:.0f} ms -> bert-serve is "
                 f"{single['sentences_per_s'] / naive['sentences_per_s']:.2f}x"
             )
+        if args.infinity_model:
+            entry["infinity"] = run_infinity(args, precision, raw, sentences_file, entry)
         results[precision] = entry
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
