@@ -262,13 +262,13 @@ class Batcher:
                 batch, self.queue, dropped = take_batch(
                     self.queue, self.max_batch_tokens, self.max_batch_size, now
                 )
-                self._retire(dropped, now)
+                self._retire(dropped)
                 self.queued_tokens -= sum(p.length for p in batch)
                 self._update_gauges()
                 if batch:
                     await self._execute(loop, batch, now)
 
-    def _retire(self, dropped: list[Pending], now: float) -> None:
+    def _retire(self, dropped: list[Pending]) -> None:
         for p in dropped:
             self.queued_tokens -= p.length
         self._expire(dropped)

@@ -10,8 +10,16 @@ import orjson
 from service.batcher import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
 from service.engine import InvalidInput, MissingHead
 from service.metrics import Metrics
-from service.routes import NotReady, TooLarge
 from service.text import InputTooLong
+
+
+class TooLarge(Exception):
+    """A request over a size limit (413)."""
+
+
+class NotReady(Exception):
+    """The model is not loaded yet, or the server is draining (503)."""
+
 
 # exception type -> (status, error type in the body)
 STATUS: dict[type[Exception], tuple[int, str]] = {
@@ -32,7 +40,8 @@ def error_body(kind: str, message: str) -> bytes:
 
 
 def known_error(exc: Exception, metrics: Metrics) -> tuple[int, str, dict[str, str]] | None:
-    """(status, kind, headers) for an exception the API documents; None for a bug."""
+    """(status, kind, headers) for an exception the API documents, None for a bug; counts
+    the 429s in bertserve_rejected_total."""
     for exc_type, (status, kind) in STATUS.items():
         if isinstance(exc, exc_type):
             if isinstance(exc, Overloaded):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.engine import Engine, InvalidInput, MissingHead, encode_vector
+from service.errors import NotReady, TooLarge
 from service.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -24,14 +25,6 @@ from service.schemas import (
     texts_of,
 )
 from service.settings import Settings
-
-
-class TooLarge(Exception):
-    """A request over a size limit (413)."""
-
-
-class NotReady(Exception):
-    """The model is not loaded yet, or the server is draining (503)."""
 
 
 def ready_engine(state: Any) -> Engine:
