@@ -8,7 +8,12 @@ ARG RUNTIME_BASE=python:3.11-slim
 FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# one wheel holds every stage (under bertserve.*); the [serve] extra installs only the service's
+# dependencies, and bert-pretrain / bert-export then say which extra they need
+COPY bertserve/ bertserve/
 COPY service/ service/
+COPY export/ export/
+COPY training/ training/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${RUNTIME_BASE} AS runtime

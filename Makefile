@@ -39,11 +39,11 @@ test: lint
 # Train a small model on the embedded corpus unless one exists, export it, serve it.
 demo: $(VENV)/.demo-installed
 	@if [ ! -f $(RUN)/model.safetensors ]; then \
-	  $(VENV)/bin/bert-pretrain --out $(RUN) --preset mini --time-budget $(DEMO_TIME) \
+	  $(VENV)/bin/bert-pretrain --out $(RUN) --overwrite --preset mini --time-budget $(DEMO_TIME) \
 	    --vocab-size 8000 --max-seq-len 128 --batch-size 32 --lr 1e-3 --warmup-steps 50 \
 	    --eval-every 100 --save-every 100; \
 	else echo "reusing the model in $(RUN) (delete it to retrain)"; fi
-	@if [ ! -f $(ARTIFACT)/manifest.json ]; then $(VENV)/bin/bert-export $(RUN) $(ARTIFACT); \
+	@if [ ! -f $(ARTIFACT)/manifest.json ]; then $(VENV)/bin/bert-export $(RUN) $(ARTIFACT) --overwrite; \
 	else echo "reusing the artifact in $(ARTIFACT)"; fi
 	@echo ""
 	@echo "Starting bert-serve on http://$(HOST):$(PORT) (Ctrl-C to stop). Try, in another shell:"

@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from export import graphs, parity, variants  # noqa: E402
-from export.source import load_source  # noqa: E402
-from service.pooling import cosine, pool  # noqa: E402
+from bertserve.export import graphs, parity, variants  # noqa: E402
+from bertserve.export.source import load_source  # noqa: E402
+from bertserve.service.pooling import cosine, pool  # noqa: E402
 
 STS = ROOT.parent / "shared" / "corpora" / "stsbenchmark" / "sts-test.csv"
 

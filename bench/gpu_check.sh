@@ -14,9 +14,9 @@ timeout 150 python3 bench/train_throughput.py --device cuda --preset base --batc
   --seq-len 128 --iters 10 --rounds 3 --compile --json "$OUT/base.json" 2>&1 | grep -v Warning | tee "$OUT/base.txt"
 timeout 60 python3 bench/train_throughput.py --device cuda --preset mini --batch-size 128 \
   --seq-len 128 --iters 10 --rounds 3 --json "$OUT/mini.json" 2>&1 | grep -v Warning | tee "$OUT/mini.txt"
-timeout 120 python3 -m training --device cuda --corpus tests/data/english.txt tests/data/chinese.txt \
+timeout 120 python3 -m bertserve.training --device cuda --corpus tests/data/english.txt tests/data/chinese.txt \
   --out /tmp/gpu-run --preset base --max-steps 150 --batch-size 64 --max-seq-len 128 \
   --lr 2e-4 --warmup-steps 20 --log-every 50 --eval-every 150 --save-every 100 --no-progress --compile \
   2>&1 | grep -v Warning | tail -8 | tee "$OUT/e2e.txt"
 tail -3 /tmp/gpu-run/metrics.jsonl >> "$OUT/e2e.txt" 2>/dev/null
-timeout 60 python3 -m training --resume /tmp/gpu-run --max-steps 160 --no-progress 2>&1 | tail -2 | tee -a "$OUT/e2e.txt"
+timeout 60 python3 -m bertserve.training --resume /tmp/gpu-run --max-steps 160 --no-progress 2>&1 | tail -2 | tee -a "$OUT/e2e.txt"

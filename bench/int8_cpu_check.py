@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.export_speed import cpu_description, gemm_ceiling, measure  # noqa: E402
-from export import graphs, parity, variants  # noqa: E402
-from training.config import BertConfig  # noqa: E402
-from training.model import BertForPreTraining  # noqa: E402
+from bertserve.export import graphs, parity, variants  # noqa: E402
+from bertserve.training.config import BertConfig  # noqa: E402
+from bertserve.training.model import BertForPreTraining  # noqa: E402
 
 SHAPES = {  # (hidden, layers, heads, intermediate)
     "minilm-l6": (384, 6, 12, 1536),

@@ -45,7 +45,7 @@ NAIVE_SERVER = """
 import sys, numpy as np, onnxruntime as ort
 from fastapi import FastAPI
 from tokenizers import Tokenizer
-from service.pooling import l2_normalize, pool
+from bertserve.service.pooling import l2_normalize, pool
 encoder, tokenizer_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 options = ort.SessionOptions(); options.intra_op_num_threads = threads
 session = ort.InferenceSession(encoder, options, providers=["CPUExecutionProvider"])
@@ -79,12 +79,12 @@ class RawOrt:
     (this VM's speed drifts by 10-25% over minutes)."""
 
     def __init__(self, artifact: Path, precision: str, sentences: list[str], threads: int):
-        from export.parity import session
-        from service.artifact import load_artifact
-        from service.text import TextEncoder
+        from bertserve.export.parity import session
+        from bertserve.service.artifact import load_artifact
+        from bertserve.service.text import TextEncoder
 
         art = load_artifact(artifact)
-        text = TextEncoder(art.tokenizer_path.read_text(), art.max_seq_len)
+        text = TextEncoder(art.tokenizer_json, art.max_seq_len)
         self.session = session(art.variants[precision].encoder, threads)
         ordered = sorted(sentences, key=len)
         self.sentences = len(ordered)
@@ -190,7 +190,14 @@ def main() -> None:
     artifact = args.artifact or work / "minilm-artifact"
     if not (artifact / "manifest.json").is_file():
         subprocess.run(
-            [sys.executable, "-m", "export", str(minilm_dir()), str(artifact), "--no-progress"],
+            [
+                sys.executable,
+                "-m",
+                "bertserve.export",
+                str(minilm_dir()),
+                str(artifact),
+                "--no-progress",
+            ],
             cwd=ROOT,
             check=True,
         )
@@ -203,7 +210,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "service",
+                "bertserve.service",
                 "--model",
                 str(artifact),
                 "--port",
@@ -265,7 +272,7 @@ def main() -> None:
         )
         print(f"  mean padding ratio per batch: {padding:.3f}")
         if precision == "fp32" and not args.skip_naive:
-            from service.artifact import load_artifact
+            from bertserve.service.artifact import load_artifact
 
             art = load_artifact(artifact)
             script = work / "naive_server.py"

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import preset
-from training.model import BertForPreTraining, flops_per_token, pretraining_loss
+from bertserve.training.config import preset
+from bertserve.training.model import BertForPreTraining, flops_per_token, pretraining_loss
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: torch.device, seed: int = 0):

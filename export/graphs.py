@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.model import BertForPreTraining, BertSelfAttention
+from bertserve.training.model import BertForPreTraining, BertSelfAttention
 
 OPSET = 17
 

@@ -9,9 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.parity_inputs import CALIBRATION, PAIRS, SENTENCES
-from export.source import Source
-from service.pooling import cosine, pool
+from bertserve.service.pooling import cosine, pool
+
+from .parity_inputs import CALIBRATION, PAIRS, SENTENCES
+from .source import Source
 
 # (max abs diff of last_hidden_state, min cosine, mean cosine, fill-mask top-1 agreement)
 GATES: dict[str, dict[str, float]] = {

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from export import graphs, parity, variants
-from export.source import Source, load_source
-from service.artifact import FORMAT_VERSION, MANIFEST, sha256_file
-from training.io import write_text_atomic
+from bertserve.service.artifact import FORMAT_VERSION, MANIFEST, sha256_file
+from bertserve.training.io import write_text_atomic
+
+from . import graphs, parity, variants
+from .destination import check_destination, install, staging_dir
+from .source import Source, load_source
 
 
 class ParityError(RuntimeError):
@@ -29,6 +30,8 @@ class ExportOptions:
     pooling: str | None = None  # default: from sentence-transformers config, else mean
     max_seq_len: int | None = None
     progress: bool = True
+    overwrite: bool = False  # replace an existing artifact (never anything else) at OUT
+    name: str | None = None  # the model's name in the manifest and /info (default: the folder's)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,7 +55,13 @@ def _versions() -> dict[str, str]:
 
 
 def export_artifact(checkpoint: Path, out: Path, options: ExportOptions) -> dict[str, Any]:
+    """Exports `checkpoint` (a folder) to the artifact folder `out`; see destination.py for
+    what may be at `out` already."""
+    out = Path(out)
+    check_destination(out, [Path(checkpoint)], options.overwrite)
     source = load_source(checkpoint)
+    if options.name is not None:
+        source.name = options.name
     for precision in options.precisions:
         if precision not in parity.GATES:
             raise ValueError(f"unknown precision {precision!r}; choose from fp32, int8, fp16")
@@ -68,21 +77,12 @@ def export_artifact(checkpoint: Path, out: Path, options: ExportOptions) -> dict
     pooling = options.pooling or source.pooling
     if pooling == "pooler" and not source.has_pooler:
         raise ValueError("--pooling pooler needs a model with a pooler")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staged = staging_dir(out)
     try:
-        manifest = _build(source, tmp, options, pooling)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        manifest = _build(source, staged, options, pooling)
+        install(staged, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
     return manifest
 
@@ -199,7 +199,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
     }
     manifest = {
         "format": FORMAT_VERSION,
-        "name": source.path.resolve().name,
+        "name": source.name,
         "source": str(source.path.resolve()),
         "model": cfg.to_hf_dict(),
         "max_seq_len": source.max_seq_len,

@@ -9,6 +9,7 @@ folder adds the default pooling (1_Pooling/config.json), the max length
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from training.checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict
-from training.config import BertConfig
-from training.model import BertForPreTraining
-from training.tokenizer import load_tokenizer
+from bertserve.training.checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict
+from bertserve.training.config import BertConfig
+from bertserve.training.model import BertForPreTraining
+from bertserve.training.tokenizer import load_tokenizer
 
 
 class SourceError(ValueError):
@@ -39,6 +40,7 @@ class Source:
     normalize: bool  # default: L2-normalize sentence embeddings
     max_seq_len: int
     lowercase: bool
+    name: str  # shown in the manifest and /info
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -108,7 +110,11 @@ def load_source(path: Path) -> Source:
     if not any(k.startswith("bert.") for k in state):
         state = {(k if k.startswith("cls.") else f"bert.{k}"): v for k, v in state.items()}
     model = BertForPreTraining(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape the config does not give
+        reason = (str(exc).strip().splitlines() or ["size mismatch"])[-1].strip()
+        raise SourceError(f"{path}: weights do not fit config.json ({reason})") from exc
     has_pooler = "bert.pooler.dense.weight" in state
     has_mlm = "cls.predictions.transform.dense.weight" in state
     has_nsp = "cls.seq_relationship.weight" in state
@@ -151,6 +157,7 @@ def load_source(path: Path) -> Source:
         normalize,
         max_len,
         lowercase,
+        path.resolve().name,
     )
 
 
@@ -161,3 +168,38 @@ def reference_outputs(source: Source, batch: dict[str, torch.Tensor]) -> dict[st
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     )
     return {"last_hidden_state": hidden, "pooler_output": pooled}
+
+
+# -- Hugging Face model ids -----------------------------------------------------------------------
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# what an exporter reads; weights as safetensors first, pytorch_model.bin only when that is all
+_HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*/config.json"]
+
+
+def resolve_checkpoint(spec: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """(folder, model id or None): an existing path as it is, else a Hugging Face model id
+    (`org/name`) from huggingface_hub's cache, downloaded first unless HF_HUB_OFFLINE is set."""
+    path = Path(spec)
+    if path.exists() or not _MODEL_ID.match(spec) or spec.count("/") != 1:
+        return path, None
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as exc:
+        raise SourceError(
+            f"{spec} is not a folder; model ids need huggingface_hub (pip install huggingface_hub)"
+        ) from exc
+    try:
+        folder = Path(snapshot_download(spec, revision=revision, allow_patterns=_HUB_FILES))
+        if not (folder / "model.safetensors").is_file():
+            more = snapshot_download(spec, revision=revision, allow_patterns=["pytorch_model.bin"])
+            folder = Path(more)
+    except LocalEntryNotFoundError as exc:
+        raise SourceError(
+            f"{spec} is neither a folder nor in the Hugging Face cache, and the hub cannot be "
+            "reached (offline?)"
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise SourceError(f"{spec}: cannot fetch from the Hugging Face hub ({reason})") from exc
+    return folder, spec

@@ -11,16 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.artifact import Artifact, load_artifact
-from service.backend import Backend, OnnxBackend
-from service.batcher import Batcher
-from service.edge import EdgeMiddleware
-from service.engine import Engine
-from service.errors import STATUS, known_error, validation_error
-from service.hot_path import HotPathMiddleware
-from service.metrics import Metrics
-from service.routes import api, open_routes
-from service.settings import Settings
+from .artifact import Artifact, load_artifact
+from .backend import Backend, OnnxBackend
+from .batcher import Batcher
+from .edge import EdgeMiddleware
+from .engine import Engine
+from .errors import STATUS, known_error, validation_error
+from .hot_path import HotPathMiddleware
+from .metrics import Metrics
+from .routes import api, open_routes
+from .settings import Settings
 
 log = logging.getLogger("bertserve")
 

@@ -1,8 +1,14 @@
 """Contract 3's reader: the serving artifact directory and its manifest.
 
-The service owns this reader; export writes what it reads. `load_artifact` verifies the format
-version and the sha256 of every listed file, so a tampered, truncated or half-written artifact
-is refused with one clear message.
+The service owns this reader; export writes what it reads. `load_artifact` refuses, with one
+clear `ArtifactError`, anything it should not serve:
+- a manifest that is not the shape below (validated by `Manifest`, strict types: a string where
+  a number belongs is an error, not a conversion);
+- a path that leaves the folder: absolute, `..`, or a symlink whose target is outside it;
+- a file the service opens that is not listed in `files` with its sha256 (the tokenizer included),
+  or that does not match its hash;
+- a tokenizer that does not parse.
+The ONNX graphs are parsed by the backend, which maps a broken graph to `ArtifactError` too.
 """
 
 from __future__ import annotations
@@ -10,18 +16,62 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "int8", "fp16")
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
 class ArtifactError(ValueError):
     """An artifact that must not be served."""
 
 
+# -- the manifest's shape -----------------------------------------------------------------------
+class _Loose(BaseModel):
+    # fields this reader does not use are kept (parity figures, fusions, versions, ...)
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ModelConfig(_Loose):
+    hidden_size: StrictInt = Field(gt=0)
+    vocab_size: StrictInt = Field(gt=0)
+
+
+class VariantEntry(_Loose):
+    precision: Literal["fp32", "int8", "fp16"]
+    encoder: str
+    mlm_head: str | None = None
+    nsp_head: str | None = None
+    rejected: StrictBool = False
+    parity: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(_Loose):
+    format: Literal[1]
+    name: str | None = None
+    model: ModelConfig
+    max_seq_len: StrictInt = Field(gt=0)
+    special_tokens: dict[str, StrictInt]
+    pooling: Literal["mean", "cls", "pooler"]
+    normalize: StrictBool = True
+    lowercase: StrictBool = True
+    tokenizer: str = "tokenizer.json"
+    files: dict[str, str]
+    variants: dict[str, VariantEntry] = Field(min_length=1)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the document"
+    return f"{where}: {error['msg']}"
+
+
+# -- the loaded artifact ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -36,8 +86,10 @@ class Variant:
 @dataclass(frozen=True)
 class Artifact:
     root: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the validated manifest as plain JSON (for /info)
     variants: dict[str, Variant]
+    tokenizer_path: Path
+    tokenizer_json: str  # read once, after its hash was checked
 
     @property
     def max_seq_len(self) -> int:
@@ -60,12 +112,8 @@ class Artifact:
         return dict(self.manifest["special_tokens"])
 
     @property
-    def tokenizer_path(self) -> Path:
-        return self.root / str(self.manifest.get("tokenizer", "tokenizer.json"))
-
-    @property
     def name(self) -> str:
-        return str(self.manifest.get("name", self.root.name))
+        return str(self.manifest.get("name") or self.root.name)
 
 
 def sha256_file(path: Path) -> str:
@@ -76,59 +124,111 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_artifact(root: Path, verify: bool = True) -> Artifact:
-    root = Path(root)
+def contained(root: Path, relative: str) -> Path:
+    """`root / relative`, refused unless it stays inside `root` once every symlink is resolved.
+    `relative` must be a plain relative POSIX path: no absolute path, no `..`, no backslash."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise ArtifactError(f"{root}: path {relative!r} in the manifest is not inside the artifact")
+    real_root = root.resolve()
+    path = (root / pure).resolve()
+    if not path.is_relative_to(real_root):
+        raise ArtifactError(f"{root}: {relative} leads outside the artifact (symlink to {path})")
+    return path
+
+
+def _read_manifest(root: Path) -> Manifest:
     manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
+    if manifest_path.is_symlink() or not manifest_path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST}; export a model with bert-export first")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT_VERSION:
+        data = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except PermissionError as exc:
+        raise ArtifactError(f"cannot read {manifest_path}: permission denied") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not valid UTF-8 JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{manifest_path} is not a JSON object")
+    if data.get("format") != FORMAT_VERSION:
         raise ArtifactError(
-            f"{manifest_path} has format {manifest.get('format')!r}; this service reads "
+            f"{manifest_path} has format {data.get('format')!r}; this service reads "
             f"format {FORMAT_VERSION}"
         )
-    for key in ("model", "max_seq_len", "special_tokens", "pooling", "files", "variants"):
-        if key not in manifest:
-            raise ArtifactError(f"{manifest_path} lacks {key!r}")
-    if verify:
-        for relative, expected in manifest["files"].items():
-            path = root / relative
-            if not path.is_file():
-                raise ArtifactError(f"{root}: {relative} is listed in the manifest but missing")
-            if sha256_file(path) != expected:
-                raise ArtifactError(
-                    f"{root}: {relative} does not match its sha256 (tampered or truncated)"
-                )
-    variants = {
-        name: _variant(root, manifest["files"], name, entry)
-        for name, entry in manifest["variants"].items()
-    }
-    if not variants:
-        raise ArtifactError(f"{root}: the manifest lists no variants")
-    return Artifact(root, manifest, variants)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(f"{manifest_path}: {_first_problem(exc)}") from exc
 
 
-def _variant(root: Path, hashed: dict[str, str], name: str, entry: dict[str, Any]) -> Variant:
-    def file(key: str) -> Path | None:
-        value = entry.get(key)
-        if value is None:
+def _verify(root: Path, relative: str, expected: str) -> Path:
+    import re
+
+    path = contained(root, relative)
+    if not re.match(_SHA256, expected):
+        raise ArtifactError(f"{root}: the sha256 of {relative} in the manifest is malformed")
+    if not path.is_file():
+        raise ArtifactError(f"{root}: {relative} is listed in the manifest but missing")
+    try:
+        actual = sha256_file(path)
+    except PermissionError as exc:
+        raise ArtifactError(f"cannot read {path}: permission denied") from exc
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path} ({exc.strerror})") from exc
+    if actual != expected:
+        raise ArtifactError(f"{root}: {relative} does not match its sha256 (tampered or truncated)")
+    return path
+
+
+def load_artifact(root: Path, verify: bool = True) -> Artifact:
+    """The artifact at `root`, every path contained and every file it names hashed; with
+    verify=False the hashes are not recomputed (paths are still checked)."""
+    root = Path(root)
+    if not root.exists():
+        raise ArtifactError(f"{root} does not exist; export a model with bert-export first")
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not a directory; give the folder bert-export wrote")
+    manifest = _read_manifest(root)
+    files: dict[str, Path] = {}
+    for relative, expected in manifest.files.items():
+        files[relative] = _verify(root, relative, expected) if verify else contained(root, relative)
+
+    def hashed(relative: str | None, what: str) -> Path | None:
+        if relative is None:
             return None
-        if value not in hashed:
-            raise ArtifactError(f"{root}: variant {name} names {value}, which is not hashed")
-        return root / str(value)
+        if relative not in files:
+            raise ArtifactError(f"{root}: {what} {relative} is not listed in the manifest's files")
+        return files[relative]
 
-    encoder = file("encoder")
-    if encoder is None:
-        raise ArtifactError(f"{root}: variant {name} has no encoder")
-    return Variant(
-        name,
-        str(entry.get("precision", name)),
-        encoder,
-        file("mlm_head"),
-        file("nsp_head"),
-        bool(entry.get("rejected", False)),
-        dict(entry.get("parity", {})),
+    tokenizer_path = hashed(manifest.tokenizer, "tokenizer")
+    assert tokenizer_path is not None
+    tokenizer_json = _read_tokenizer(tokenizer_path)
+    variants = {}
+    for name, entry in manifest.variants.items():
+        encoder = hashed(entry.encoder, f"variant {name}'s encoder")
+        assert encoder is not None
+        variants[name] = Variant(
+            name,
+            entry.precision,
+            encoder,
+            hashed(entry.mlm_head, f"variant {name}'s MLM head"),
+            hashed(entry.nsp_head, f"variant {name}'s NSP head"),
+            entry.rejected,
+            dict(entry.parity),
+        )
+    return Artifact(
+        root, manifest.model_dump(mode="json"), variants, tokenizer_path, tokenizer_json
     )
+
+
+def _read_tokenizer(path: Path) -> str:
+    from tokenizers import Tokenizer
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        Tokenizer.from_str(text)
+    except PermissionError as exc:
+        raise ArtifactError(f"cannot read {path}: permission denied") from exc
+    except Exception as exc:  # tokenizers raises its own exception type for a bad document
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{path} is not a usable tokenizer ({reason})") from exc
+    return text

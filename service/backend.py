@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from service.artifact import Artifact, ArtifactError, Variant
+from .artifact import Artifact, ArtifactError, Variant
 
 log = logging.getLogger("bertserve")
 
@@ -99,7 +99,11 @@ class OnnxBackend:
         )
 
         def open_session(path: object) -> ort.InferenceSession:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            try:
+                return ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:  # ORT raises its own types for an unparsable graph
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise ArtifactError(f"{path} is not a loadable ONNX graph ({reason})") from exc
 
         self.encoder = open_session(variant.encoder)
         outputs = [o.name for o in self.encoder.get_outputs()]

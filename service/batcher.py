@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.backend import Backend, Floats
-from service.metrics import Metrics
+from .backend import Backend, Floats
+from .metrics import Metrics
 
 log = logging.getLogger("bertserve")
 

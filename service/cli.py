@@ -1,13 +1,15 @@
 """`bert-serve --model ARTIFACT_DIR`: flags generated from `Settings`, so every setting has one
 flag, one environment variable (BERTSERVE_*) and one description.
 
-Exit codes: 0 clean shutdown, 2 bad input (missing, tampered or incompatible artifact; bad flag),
-1 internal error.
+Exit codes: 0 clean shutdown, 2 bad input (missing, tampered, unreadable or incompatible
+artifact; bad flag), 3 cannot listen on the address (port in use, no permission), 1 internal
+error. Every refusal is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import typing
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from .settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,38 +45,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BAD_INPUT = 2
+EXIT_CANNOT_LISTEN = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     args: dict[str, Any] = vars(build_parser().parse_args(argv))
     try:
         settings = Settings(**args)
     except ValidationError as exc:
         first = exc.errors()[0]
-        print(
-            f"bert-serve: error: --{'-'.join(str(x) for x in first['loc'])}: {first['msg']}",
-            file=sys.stderr,
-        )
-        return 2
+        message = str(first["msg"]).removeprefix("Value error, ")
+        flag = "-".join(str(x) for x in first["loc"]).replace("_", "-")
+        print(f"bert-serve: error: --{flag}: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    import onnxruntime as ort
     import uvicorn
 
-    from service.app import create_app
-    from service.artifact import ArtifactError, load_artifact
-    from service.backend import OnnxBackend
+    from .app import create_app
+    from .artifact import ArtifactError, load_artifact
+    from .backend import OnnxBackend
 
+    ort.set_default_logger_severity(4)  # a broken graph is reported once, by us, in one line
     try:
         artifact = load_artifact(Path(settings.model))
         backend = OnnxBackend(artifact, settings.device, settings.precision, settings.threads)
     except ArtifactError as exc:
         print(f"bert-serve: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except PermissionError as exc:  # e.g. a folder the service's user cannot enter
+        print(f"bert-serve: error: permission denied: {exc.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"bert-serve: error: cannot listen on {settings.host}:{settings.port} "
+            f"({exc.strerror or exc})",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_LISTEN
     app = create_app(settings, backend, artifact)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+    config = uvicorn.Config(
+        app, log_level=settings.log_level, timeout_graceful_shutdown=30, lifespan="on"
     )
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is our one-line error rather than
+    a traceback from inside uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def settings_table() -> str:

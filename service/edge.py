@@ -9,9 +9,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
-from service.metrics import Metrics
-from service.settings import Settings
+from .errors import error_body
+from .metrics import Metrics
+from .settings import Settings
 
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 UNCOUNTED = {"/metrics"}

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.artifact import Artifact
-from service.backend import Backend, Floats
-from service.batcher import Batcher, RequestState
-from service.metrics import Metrics
-from service.pooling import l2_normalize, pool_one
-from service.text import TextEncoder, Tokenized
+from .artifact import Artifact
+from .backend import Backend, Floats
+from .batcher import Batcher, RequestState
+from .metrics import Metrics
+from .pooling import l2_normalize, pool_one
+from .text import TextEncoder, Tokenized
 
 
 class MissingHead(Exception):
@@ -51,9 +51,7 @@ class Engine:
         self.backend = backend
         self.batcher = batcher
         self.metrics = metrics
-        self.text = TextEncoder(
-            artifact.tokenizer_path.read_text(encoding="utf-8"), artifact.max_seq_len
-        )
+        self.text = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
         self.mask_id = artifact.special_tokens.get("[MASK]")
         self.model_name = artifact.name
 

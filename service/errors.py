@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from service.batcher import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
-from service.engine import InvalidInput, MissingHead
-from service.metrics import Metrics
-from service.text import InputTooLong
+from .batcher import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from .engine import InvalidInput, MissingHead
+from .metrics import Metrics
+from .text import InputTooLong
 
 
 class TooLarge(Exception):

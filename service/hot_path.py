@@ -16,12 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.edge import send_json
-from service.engine import Engine
-from service.errors import error_body, known_error, validation_error
-from service.routes import embed_payload, json_bytes, openai_payload, ready_engine
-from service.schemas import EmbedRequest, OpenAIEmbeddingRequest
-from service.settings import Settings
+from .edge import send_json
+from .engine import Engine
+from .errors import error_body, known_error, validation_error
+from .routes import embed_payload, json_bytes, openai_payload, ready_engine
+from .schemas import EmbedRequest, OpenAIEmbeddingRequest
+from .settings import Settings
 
 Handler = Callable[[Any, Engine, Settings], Awaitable[dict[str, Any]]]
 HOT_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {

@@ -8,9 +8,9 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.engine import Engine, InvalidInput, MissingHead, encode_vector
-from service.errors import NotReady, TooLarge
-from service.schemas import (
+from .engine import Engine, InvalidInput, MissingHead, encode_vector
+from .errors import NotReady, TooLarge
+from .schemas import (
     EmbedRequest,
     EmbedResponse,
     FillMaskCandidate,
@@ -24,7 +24,7 @@ from service.schemas import (
     TokenizeRequest,
     texts_of,
 )
-from service.settings import Settings
+from .settings import Settings
 
 
 def ready_engine(state: Any) -> Engine:

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (see DESIGN.md, "HTTP API")."""
+"""Request and response bodies of the HTTP API (the tables in README.md, "HTTP API")."""
 
 from __future__ import annotations
 

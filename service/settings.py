@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,3 +54,11 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="run one batch through the model before /ready")
     log_level: str = Field("info", description="uvicorn log level")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, key: str | None) -> str | None:
+        # an empty key would silently turn authentication off; unset means no key
+        if key is not None and not key.strip():
+            raise ValueError("must not be empty (leave it unset to serve without a key)")
+        return key

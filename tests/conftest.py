@@ -25,8 +25,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def english_tokenizer():
-    from training.corpus import Corpus
-    from training.tokenizer import train_tokenizer
+    from bertserve.training.corpus import Corpus
+    from bertserve.training.tokenizer import train_tokenizer
 
     corpus = Corpus.open([str(DATA / "english.txt"), str(DATA / "chinese.txt")])
     return train_tokenizer(corpus.sentences(), vocab_size=4000)
@@ -35,8 +35,8 @@ def english_tokenizer():
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT pretrained for a few dozen steps on tests/data (MLM and NSP heads)."""
-    from training.config import TrainConfig
-    from training.trainer import train
+    from bertserve.training.config import TrainConfig
+    from bertserve.training.trainer import train
 
     out = tmp_path_factory.mktemp("pretrained") / "run"
     cfg = TrainConfig(
@@ -60,7 +60,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.pipeline import ExportOptions, export_artifact
+    from bertserve.export.pipeline import ExportOptions, export_artifact
 
     out = tmp_path_factory.mktemp("artifact") / "tiny"
     export_artifact(trained_checkpoint, out, ExportOptions(("fp32", "int8"), progress=False))
@@ -103,11 +103,11 @@ def free_port() -> int:
 
 
 def serve_command(artifact: Path, *flags: str) -> list[str]:
-    """`python -m service` for an artifact (port from BERTSERVE_PORT, quiet logs)."""
+    """`python -m bertserve.service` for an artifact (port from BERTSERVE_PORT, quiet logs)."""
     return [
         sys.executable,
         "-m",
-        "service",
+        "bertserve.service",
         "--model",
         str(artifact),
         "--log-level",

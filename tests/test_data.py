@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
+from bertserve.training.corpus import (
+    MAX_SENTENCE_CHARS,
+    Corpus,
+    CorpusError,
+    CorpusStats,
+    read_lines,
+    split_documents,
+)
+from bertserve.training.masking import Masker
+from bertserve.training.pairs import IS_NEXT, NOT_NEXT, PairGenerator
+from bertserve.training.token_store import TokenStore, build_or_load
+from bertserve.training.tokenizer import SpecialIds, continuation_mask
 from tests.conftest import DATA
-from training.corpus import Corpus, CorpusError, CorpusStats, split_documents
-from training.masking import Masker
-from training.pairs import IS_NEXT, NOT_NEXT, PairGenerator
-from training.token_store import TokenStore, build_or_load
-from training.tokenizer import SpecialIds, continuation_mask
 
 SPECIALS = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 
@@ -18,7 +27,28 @@ SPECIALS = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 # -- corpus -------------------------------------------------------------------------------------
 def test_documents_are_split_on_blank_lines():
     text = "a b c.\nd e f.\n\n\n g h i. \n\nj k l.\n"
-    assert list(split_documents(text)) == [["a b c.", "d e f."], ["g h i."], ["j k l."]]
+    documents = list(split_documents(read_lines(io.StringIO(text))))
+    assert documents == [["a b c.", "d e f."], ["g h i."], ["j k l."]]
+
+
+def test_a_huge_line_streams_in_bounded_pieces(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "one-line.txt"
+    word = "lorem ipsum dolor sit amet "
+    path.write_text(word * 200_000 + "\n\nsecond document.\n")  # 5.4 MB, one line
+    with open(path, encoding="utf-8") as handle:
+        tracemalloc.start()
+        longest = pieces = 0
+        for piece, _ in read_lines(handle):  # memory per piece, not per line
+            longest, pieces = max(longest, len(piece)), pieces + 1
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert longest <= MAX_SENTENCE_CHARS and pieces > 500
+    assert peak < 20 * MAX_SENTENCE_CHARS  # never the 5.4 MB line at once
+    documents = list(Corpus.open([str(path)]).documents(CorpusStats()))
+    assert len(documents) == 2 and documents[1] == ["second document."]
+    assert " ".join(documents[0]).split() == (word * 200_000).split()  # nothing lost or cut
 
 
 def test_bad_bytes_are_replaced_and_counted(tmp_path):
@@ -63,7 +93,7 @@ def test_chinese_is_one_character_per_token(english_tokenizer):
 
 def test_tokenizer_matches_transformers_reference(english_tokenizer, tmp_path):
     legacy = pytest.importorskip("transformers.models.bert.tokenization_bert_legacy")
-    from training.tokenizer import save_tokenizer
+    from bertserve.training.tokenizer import save_tokenizer
 
     save_tokenizer(english_tokenizer, tmp_path, lowercase=True, max_len=128)
     reference = legacy.BertTokenizerLegacy(str(tmp_path / "vocab.txt"), do_lower_case=True)
@@ -200,7 +230,7 @@ def test_whole_word_masking_takes_all_pieces(english_tokenizer):
 
 
 def test_static_masking_repeats_and_dynamic_does_not():
-    from training.batches import BatchSource
+    from bertserve.training.batches import BatchSource
 
     store = _synthetic_store()
     masker = Masker(SPECIALS, int(store.tokens[-1]) + 1)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.parity import encode, session
-from export.pipeline import ExportOptions, export_artifact
-from export.source import load_source
-from service.artifact import ArtifactError, load_artifact
-from service.pooling import cosine, l2_normalize, pool
+from bertserve.export.parity import encode, session
+from bertserve.export.pipeline import ExportOptions, export_artifact
+from bertserve.export.source import load_source
+from bertserve.service.artifact import ArtifactError, load_artifact
+from bertserve.service.pooling import cosine, l2_normalize, pool
 from tests.conftest import MINILM_DIR, REPO, sts_sentences
 
 transformers = pytest.importorskip("transformers")
@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 def _export_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "export", "--no-progress", *args],
+        [sys.executable, "-m", "bertserve.export", "--no-progress", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,9 +7,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from training.checkpoint import load_model, save_model  # noqa: E402
-from training.config import BertConfig  # noqa: E402
-from training.model import BertForPreTraining, pretraining_loss  # noqa: E402
+from bertserve.training.checkpoint import load_model, save_model  # noqa: E402
+from bertserve.training.config import BertConfig  # noqa: E402
+from bertserve.training.model import BertForPreTraining, pretraining_loss  # noqa: E402
 
 TINY = BertConfig(
     vocab_size=120,

@@ -24,12 +24,13 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact):
-    # the Dockerfile's build context for the wheel: pyproject, README and service/ only
+    # the Dockerfile's build context for the wheel
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "service", src / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("bertserve", "service", "export", "training"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -43,7 +44,8 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
     subprocess.run([*pip, "install", f"{wheel}[serve]"], check=True, timeout=600)
 
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for module in ("torch", "training", "export"):
+    # no torch, and no generic top-level names (service, export, training) in site-packages
+    for module in ("torch", "training", "export", "service"):
         probe = subprocess.run(
             [str(python), "-c", f"import {module}"],
             cwd=tmp_path,
@@ -60,6 +62,20 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
         ).returncode
         == 0
     )
+    # the other commands are on PATH too: one line naming the extra they need, not a traceback
+    for command, extra, args in (
+        ("bert-pretrain", "train", ["--max-steps", "1"]),
+        ("bert-export", "export", ["in", "out"]),
+    ):
+        result = subprocess.run(
+            [str(venv / "bin" / command), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and f"bertserve[{extra}]" in result.stderr
 
     with running_server(
         [str(venv / "bin" / "bert-serve"), "--log-level", "warning"],
@@ -71,7 +87,7 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
 
 
 def test_readme_settings_table_matches_the_settings_class():
-    from service.cli import settings_table
+    from bertserve.service.cli import settings_table
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")

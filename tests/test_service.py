@@ -17,12 +17,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
-from service.artifact import load_artifact
-from service.backend import OnnxBackend
-from service.batcher import Pending, RequestState, split_by_padding, take_batch
-from service.pooling import pool, pool_one
-from service.settings import Settings
+from bertserve.service.app import create_app
+from bertserve.service.artifact import load_artifact
+from bertserve.service.backend import OnnxBackend
+from bertserve.service.batcher import Pending, RequestState, split_by_padding, take_batch
+from bertserve.service.pooling import pool, pool_one
+from bertserve.service.settings import Settings
 from tests.conftest import REPO, running_server, serve_command, sts_sentences
 
 
@@ -153,10 +153,10 @@ def test_batched_embeddings_equal_single_ones(tiny_artifact):
 
 
 def app_text(artifact_dir: Path) -> Any:
-    from service.text import TextEncoder
+    from bertserve.service.text import TextEncoder
 
     artifact = load_artifact(artifact_dir)
-    return TextEncoder(artifact.tokenizer_path.read_text(), artifact.max_seq_len)
+    return TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
 
 
 # -- every route --------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--model", str(copy)],
+        [sys.executable, "-m", "bertserve.service", "--model", str(copy)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -368,13 +368,13 @@ def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
     assert "tokenizer.json does not match its sha256" in result.stderr
     assert manifest["files"]["tokenizer.json"]
     missing = subprocess.run(
-        [sys.executable, "-m", "service", "--model", str(tmp_path / "no")],
+        [sys.executable, "-m", "bertserve.service", "--model", str(tmp_path / "no")],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert missing.returncode == 2 and "has no manifest.json" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
 def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):

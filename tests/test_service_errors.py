@@ -101,7 +101,7 @@ def test_embedding_only_model_answers_424_for_heads(tmp_path):
     import torch
     import transformers
 
-    from export.pipeline import ExportOptions, export_artifact
+    from bertserve.export.pipeline import ExportOptions, export_artifact
 
     cfg = transformers.BertConfig(
         vocab_size=100,

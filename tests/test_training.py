@@ -36,7 +36,7 @@ they turn it into honey.
 def _pretrain(
     *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "training", "--no-progress", *args]
+    cmd = [sys.executable, "-m", "bertserve.training", "--no-progress", *args]
     result = subprocess.run(
         cmd,
         cwd=REPO,
@@ -57,13 +57,13 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 @torch.no_grad()
 def _mlm_accuracy(run_dir: Path, corpus: Path, batches: int = 20) -> float:
-    from training.batches import BatchSource
-    from training.checkpoint import load_model
-    from training.corpus import Corpus
-    from training.masking import Masker
-    from training.pairs import PairGenerator
-    from training.token_store import build_or_load
-    from training.tokenizer import SpecialIds, load_tokenizer
+    from bertserve.training.batches import BatchSource
+    from bertserve.training.checkpoint import load_model
+    from bertserve.training.corpus import Corpus
+    from bertserve.training.masking import Masker
+    from bertserve.training.pairs import PairGenerator
+    from bertserve.training.token_store import build_or_load
+    from bertserve.training.tokenizer import SpecialIds, load_tokenizer
 
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     specials = SpecialIds.of(tokenizer)
@@ -161,7 +161,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses(tmp_path, english
     assert sorted(expected) == list(range(1, 41))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "training", "--no-progress", *args, "--out", str(killed)]
+    cmd = [sys.executable, "-m", "bertserve.training", "--no-progress", *args, "--out", str(killed)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint-15").exists():
@@ -185,8 +185,8 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
     worker.write_text(
         "import os, sys, torch\n"
         "from safetensors.torch import save_file\n"
-        "from training.config import TrainConfig\n"
-        "from training import trainer\n"
+        "from bertserve.training.config import TrainConfig\n"
+        "from bertserve.training import trainer\n"
         "cfg = TrainConfig(out=sys.argv[1], corpus=[sys.argv[2]], max_steps=4, batch_size=4,\n"
         "                  max_seq_len=32, vocab_size=500, log_every=1, save_every=0,\n"
         "                  eval_every=0, eval_fraction=0, progress=False)\n"

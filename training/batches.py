@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.masking import Masker
-from training.pairs import Instance, PairGenerator
+from .masking import Masker
+from .pairs import Instance, PairGenerator
 
 
 @dataclass

@@ -14,17 +14,19 @@ A checkpoint-N directory is written under a temporary name and renamed when whol
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.config import BertConfig
-from training.io import write_atomic
+from .config import BertConfig
+from .io import apply_umask, write_atomic
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +35,11 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointError(ValueError):
     """A directory that is not a usable checkpoint."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -71,20 +78,33 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(safetensors_path))
         except Exception as exc:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{safetensors_path} is unreadable ({exc})") from exc
+            raise CheckpointError(f"{safetensors_path} is unreadable ({_first_line(exc)})") from exc
     bin_path = directory / "pytorch_model.bin"
     if bin_path.is_file():
         try:
-            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # its pickle-protocol notes are not the user's concern
+                warnings.simplefilter("ignore")
+                state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # torch's refusal of anything but plain tensors
+            detail = next(
+                (line.strip() for line in str(exc).splitlines() if "Unsupported" in line),
+                _first_line(exc),
+            )
+            raise CheckpointError(
+                f"{bin_path} holds Python objects besides tensors, which could run code when "
+                f"loaded; refused (torch.load weights_only=True: {detail[:200]})"
+            ) from exc
         except Exception as exc:
-            raise CheckpointError(f"{bin_path} is unreadable ({exc})") from exc
+            raise CheckpointError(f"{bin_path} is unreadable ({_first_line(exc)})") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{bin_path} does not hold a state dict")
         return dict(state)
     raise CheckpointError(f"{directory} has neither {WEIGHTS_FILE} nor pytorch_model.bin")
 
 
 def load_model(directory: Path) -> Any:
     """A BertForPreTraining from a checkpoint directory (ours or HF's BertForPreTraining)."""
-    from training.model import BertForPreTraining
+    from .model import BertForPreTraining
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
@@ -142,6 +162,7 @@ def write_checkpoint(run_dir: Path, step: int, fill: Any, keep: int) -> Path:
     deletes all but the newest `keep` checkpoints."""
     final = run_dir / f"checkpoint-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=run_dir))
+    apply_umask(tmp, directory=True)
     try:
         fill(tmp)
         if final.exists():
@@ -162,8 +183,17 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    state["data"] = json.loads(state["data"])
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        state["data"] = json.loads(state["data"])
+        absent = [k for k in ("step", "elapsed", "world_size", "optimizer") if k not in state]
+        if absent:
+            raise KeyError(f"no {', '.join(absent)}")
+    except Exception as exc:  # truncated zip, foreign pickle, missing keys
+        raise CheckpointError(
+            f"{path} is damaged or not a bertserve training state ({_first_line(exc)}); resume "
+            "from an earlier checkpoint-N"
+        ) from exc
     return state
 
 

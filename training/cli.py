@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import PRESETS, TrainConfig, parse_duration
+from bertserve.commands import missing_extra, one_line
+
+from .config import PRESETS, TrainConfig, parse_duration
 
 # model-shape flags -> BertConfig fields
 _MODEL_FLAGS = {
@@ -109,20 +111,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue a run: its directory (latest checkpoint) or a checkpoint-N",
     )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out folder that holds a previous run (only its files go)",
+    )
     run.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
-def config_from_args(args: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path | None]:
-    from training.checkpoint import resolve_resume
+def config_from_args(
+    args: dict[str, Any],
+) -> tuple[TrainConfig, dict[str, Any], Path | None, list[str]]:
+    """(config, model-shape overrides, checkpoint to resume or None, notes for the log).
+
+    On --resume the saved train_config.json is the base and every flag given on the command line
+    overrides it (the notes say which); the run is written where it was resumed from, unless
+    --out names another folder. A given --max-steps or --time-budget replaces the saved stopping
+    rule as a whole, so a spent time budget cannot silently cancel a new --max-steps."""
+    from .checkpoint import CheckpointError, resolve_resume
+    from .run_dir import run_of
 
     resume = Path(args.pop("resume")) if "resume" in args else None
     values: dict[str, Any] = {}
+    saved: dict[str, Any] = {}
     if resume is not None:
         resume = resolve_resume(resume)
-        saved = json.loads((resume / "train_config.json").read_text())
+        try:
+            saved = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{resume}/train_config.json is unreadable ({exc})") from exc
         values.update(saved)
-        values["adam_betas"] = tuple(values["adam_betas"])
+        values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
+        values["out"] = str(run_of(resume))
+        if "max_steps" in args or "time_budget" in args:
+            values["max_steps"] = values["time_budget_s"] = None
     model_overrides = {_MODEL_FLAGS[k]: args.pop(k) for k in list(args) if k in _MODEL_FLAGS}
     if resume is not None and model_overrides:
         raise ValueError("model-shape flags cannot change on --resume")
@@ -136,25 +161,55 @@ def config_from_args(args: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any],
     for name in ("batch_size", "grad_accum", "max_seq_len", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
     if cfg.max_seq_len < 8:
         raise ValueError("--max-seq-len must be at least 8")
     if not 0 < cfg.masked_lm_prob < 1:
         raise ValueError("--masked-lm-prob must be between 0 and 1")
-    return cfg, model_overrides, resume
+    notes = []
+    if resume is not None:
+        current = dataclasses.asdict(cfg)
+        changed = [
+            f"{name} {saved.get(name)!r} -> {current[name]!r}"
+            for name in current
+            if name != "out" and name in saved and _differs(saved[name], current[name])
+        ]
+        notes.append(f"resuming {resume}; writing to {cfg.out}")
+        if changed:
+            notes.append("overriding saved settings: " + ", ".join(changed))
+    return cfg, model_overrides, resume, notes
+
+
+def _differs(saved: Any, current: Any) -> bool:
+    if isinstance(current, tuple):
+        current = list(current)
+    return bool(saved != current)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    from training.checkpoint import CheckpointError
-    from training.corpus import CorpusError
+    missing = missing_extra("bert-pretrain")
+    if missing:
+        print(f"bert-pretrain: error: {missing}", file=sys.stderr)
+        return 2
+    from .checkpoint import CheckpointError
+    from .corpus import CorpusError
+    from .run_dir import RunDirError
 
+    overwrite = bool(args.pop("overwrite", False))
     try:
-        cfg, overrides, resume = config_from_args(args)
-        from training.trainer import train
+        cfg, overrides, resume, notes = config_from_args(args)
+        for note in notes:
+            print(note)
+        from .trainer import train
 
-        train(cfg, overrides, resume)
-    except (CorpusError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"bert-pretrain: error: {exc}", file=sys.stderr)
+        train(cfg, overrides, resume, overwrite)
+    except (CorpusError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as exc:
+        print(f"bert-pretrain: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"bert-pretrain: error: permission denied: {exc.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bert-pretrain: interrupted; resume with --resume RUN_DIR", file=sys.stderr)

@@ -31,6 +31,22 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, not {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
@@ -58,7 +74,7 @@ class BertConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, path: Path) -> None:
-        from training.io import write_text_atomic
+        from .io import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_hf_dict(), indent=2) + "\n")
 

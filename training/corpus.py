@@ -10,10 +10,12 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
+import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 
 class CorpusError(ValueError):
@@ -64,29 +66,57 @@ def resolve_paths(specs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(files))  # drop repeats, keep order
 
 
-def read_text(path: Path, stats: CorpusStats) -> str:
-    global _bad_bytes
-    before = _bad_bytes
-    text = path.read_bytes().decode("utf-8", errors="bertserve_count")
-    if _bad_bytes > before:
-        stats.bad_bytes += _bad_bytes - before
-        stats.bad_files.append(str(path))
-    stats.files += 1
-    return text
+# A longer line is cut (at a space where there is one) into sentences of at most this many
+# characters, read piece by piece, so memory per line is bounded: a 50 MB line without a newline
+# is 5,000 sentences, not one string handed to the tokenizer. A pair holds 512 tokens at most.
+MAX_SENTENCE_CHARS = 10_000
 
 
-def split_documents(text: str) -> Iterator[list[str]]:
-    """Blank lines separate documents; every other line is one sentence."""
+def read_lines(handle: TextIO) -> Iterator[tuple[str, bool]]:
+    """(text, complete) for each line of `handle`; a line longer than MAX_SENTENCE_CHARS comes as
+    several pieces, all but the last with complete=False."""
+    carry = ""
+    while True:
+        piece = handle.readline(MAX_SENTENCE_CHARS - len(carry))
+        if not piece:
+            if carry:
+                yield carry, True
+            return
+        text = carry + piece
+        if text.endswith("\n") or len(text) < MAX_SENTENCE_CHARS:
+            carry = ""
+            yield text, True
+            continue
+        cut = text.rfind(" ", MAX_SENTENCE_CHARS // 2)
+        cut = cut if cut > 0 else len(text)
+        yield text[:cut], False
+        carry = text[cut:]
+
+
+def split_documents(lines: Iterable[tuple[str, bool]]) -> Iterator[list[str]]:
+    """Blank lines separate documents; every other line (or piece of a long one) is a sentence."""
     document: list[str] = []
-    for line in text.splitlines():
+    for line, complete in lines:
         line = line.strip()
         if line:
             document.append(line)
-        elif document:
+        elif document and complete:
             yield document
             document = []
     if document:
         yield document
+
+
+def file_documents(path: Path, stats: CorpusStats) -> Iterator[list[str]]:
+    """The documents of one file, streamed; invalid UTF-8 is replaced and counted."""
+    global _bad_bytes
+    before = _bad_bytes
+    with open(path, encoding="utf-8", errors="bertserve_count", newline=None) as handle:
+        yield from split_documents(read_lines(handle))
+    if _bad_bytes > before:
+        stats.bad_bytes += _bad_bytes - before
+        stats.bad_files.append(str(path))
+    stats.files += 1
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
@@ -137,19 +167,34 @@ class Corpus:
             return "default (pydoc_data.topics)"
         return f"{len(self.paths)} file(s) from {self.paths[0].parent}"
 
-    def texts(self, stats: CorpusStats) -> Iterator[str]:
-        if not self.paths:
-            stats.files = 1
-            yield default_corpus_text()
-        for path in self.paths:
-            yield read_text(path, stats)
-
     def documents(self, stats: CorpusStats) -> Iterator[list[str]]:
-        for text in self.texts(stats):
-            for document in split_documents(text):
+        if self.paths:
+            sources: Iterable[Iterator[list[str]]] = (
+                file_documents(path, stats) for path in self.paths
+            )
+        else:
+            stats.files = 1
+            sources = [split_documents(read_lines(io.StringIO(default_corpus_text())))]
+        for documents in sources:
+            for document in documents:
                 stats.documents += 1
                 stats.sentences += len(document)
                 yield document
+
+    def check_documents(self, needed: int) -> None:
+        """Reads only as far as `needed` documents, so that a corpus that cannot be used is
+        refused before minutes of tokenizer training and tokenizing."""
+        found = 0
+        for _ in self.documents(CorpusStats()):
+            found += 1
+            if found >= needed:
+                return
+        if found == 0:
+            raise CorpusError(f"corpus {self.name} holds no text")
+        raise CorpusError(
+            f"next-sentence prediction needs at least {needed} documents (separated by a blank "
+            f"line); corpus {self.name} holds {found}: add documents or pass --no-nsp"
+        )
 
     def sentences(self) -> Iterator[str]:
         stats = CorpusStats()

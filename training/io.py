@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of one.
+
+Files and folders end with the permissions the user's umask gives (0644 / 0755 by default), not
+the 0600 / 0700 that `tempfile` creates with, so an artifact can be read by a container's
+non-root user or another account."""
 
 from __future__ import annotations
 
@@ -6,6 +10,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path, directory: bool = False) -> None:
+    """Gives `path` the mode a plain open()/mkdir() would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -17,6 +32,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        apply_umask(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.tokenizer import SpecialIds
+from .tokenizer import SpecialIds
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import BertConfig
+from .config import BertConfig
 
 _ACTIVATIONS = {
     "gelu": F.gelu,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from training.token_store import TokenStore
-from training.tokenizer import SpecialIds
+from .token_store import TokenStore
+from .tokenizer import SpecialIds
 
 IS_NEXT, NOT_NEXT = 0, 1  # transformers' next_sentence_label convention
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.io import write_atomic
+from .io import write_atomic
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from training.batches import Batch
-from training.distributed import Rank
-from training.model import PreTrainingOutput
+from .batches import Batch
+from .distributed import Rank
+from .model import PreTrainingOutput
 
 
 class Tally:

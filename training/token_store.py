@@ -22,7 +22,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from training.corpus import Corpus, CorpusError, CorpusStats
+from .corpus import Corpus, CorpusError, CorpusStats
+from .io import apply_umask
 
 _ENCODE_CHUNK = 4096  # sentences per encode_batch call
 
@@ -74,6 +75,7 @@ def build_or_load(
         return TokenStore.load(path), True
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    apply_umask(tmp, directory=True)
     try:
         meta = _build(corpus, tokenizer, tmp, progress)
         meta.update(corpus_digest=corpus.digest, tokenizer_digest=tokenizer_digest)

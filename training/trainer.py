@@ -21,18 +21,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training import checkpoint as ckpt
-from training.batches import Batch, BatchSource, split_documents
-from training.config import BertConfig, TrainConfig, preset
-from training.corpus import Corpus
-from training.distributed import Rank, init_distributed, pick_device
-from training.io import write_text_atomic
-from training.masking import Masker
-from training.model import BertForPreTraining, PreTrainingOutput, pretraining_loss
-from training.pairs import PairGenerator
-from training.tally import Tally
-from training.token_store import build_or_load
-from training.tokenizer import (
+from . import checkpoint as ckpt
+from . import run_dir
+from .batches import Batch, BatchSource, split_documents
+from .config import BertConfig, TrainConfig, preset
+from .corpus import Corpus
+from .distributed import Rank, init_distributed, pick_device
+from .io import write_text_atomic
+from .masking import Masker
+from .model import BertForPreTraining, PreTrainingOutput, pretraining_loss
+from .pairs import PairGenerator
+from .tally import Tally
+from .token_store import build_or_load
+from .tokenizer import (
     SpecialIds,
     continuation_mask,
     load_tokenizer,
@@ -86,29 +87,38 @@ class Run:
     elapsed: float = 0.0
 
 
-def prepare(cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | None) -> Run:
+def prepare(
+    cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | None, overwrite: bool
+) -> Run:
     rank = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg.device, rank)
     out = Path(cfg.out)
+    continuing = resume is not None and out.resolve() == run_dir.run_of(resume).resolve()
+    if not continuing:
+        run_dir.check_new_run(out, overwrite)  # every rank, before any rank writes
+    # what can be checked before minutes of tokenizer training: readable, enough documents
+    corpus = Corpus.open(cfg.corpus)
+    corpus.check_documents(2 if cfg.nsp else 1)
+    rank.barrier()
     if rank.main:
+        if not continuing:
+            run_dir.clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(out)
+        if not continuing:
+            write_text_atomic(out / run_dir.MARKER, cfg.to_json())  # marks the folder as a run
     rank.barrier()
     say = print if rank.main else (lambda *a, **k: None)
 
-    corpus = Corpus.open(cfg.corpus)
     if resume is not None:
         tokenizer = load_tokenizer(resume / "tokenizer.json")
     elif cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.lowercase)
-    elif (out / "tokenizer.json").is_file() and _same_corpus(out, corpus.digest):
-        tokenizer = load_tokenizer(out / "tokenizer.json")
     else:
         if rank.main:
             say(f"training a WordPiece vocabulary (<= {cfg.vocab_size}) on {corpus.name}")
             trained = train_tokenizer(corpus.sentences(), cfg.vocab_size, cfg.lowercase)
             save_tokenizer(trained, out, cfg.lowercase, cfg.max_seq_len)
-            write_text_atomic(out / "corpus_digest.txt", corpus.digest + "\n")
         rank.barrier()
         tokenizer = load_tokenizer(out / "tokenizer.json")
     specials = SpecialIds.of(tokenizer)
@@ -174,11 +184,6 @@ def prepare(cfg: TrainConfig, model_overrides: dict[str, Any], resume: Path | No
     )
 
 
-def _same_corpus(out: Path, digest: str) -> bool:
-    marker = out / "corpus_digest.txt"
-    return marker.is_file() and marker.read_text().strip() == digest
-
-
 @torch.no_grad()
 def evaluate(run: Run, forward: Any) -> dict[str, float]:
     run.model.eval()
@@ -228,8 +233,9 @@ def save(run: Run, optimizer: torch.optim.Optimizer, directory: Path, with_state
         )
 
 
-def restore(run: Run, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    state = ckpt.load_training_state(directory / ckpt.STATE_FILE)
+def restore(
+    run: Run, optimizer: torch.optim.Optimizer, directory: Path, state: dict[str, Any]
+) -> None:
     if state["world_size"] != run.rank.world:
         raise ValueError(
             f"{directory} was written by {state['world_size']} ranks; resume it with as many"
@@ -261,14 +267,21 @@ def _logfile(path: Path, keep_through_step: int | None, enabled: bool) -> Iterat
 
 
 def train(
-    cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resume: Path | None = None
+    cfg: TrainConfig,
+    model_overrides: dict[str, Any] | None = None,
+    resume: Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Runs pretraining; returns the run directory (a loadable checkpoint at the end)."""
-    run = prepare(cfg, model_overrides or {}, resume)
+    """Runs pretraining; returns the run directory (a loadable checkpoint at the end).
+    `cfg.out` must be new or empty, or hold a previous run and `overwrite` be set, unless it is
+    the run `resume` belongs to (see run_dir.py)."""
+    # a damaged training state is refused before anything is written
+    state = ckpt.load_training_state(resume / ckpt.STATE_FILE) if resume is not None else None
+    run = prepare(cfg, model_overrides or {}, resume, overwrite)
     model, device, rank = run.model, run.device, run.rank
     optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
-    if resume is not None:
-        restore(run, optimizer, resume)
+    if resume is not None and state is not None:
+        restore(run, optimizer, resume, state)
         if rank.main:
             print(f"resumed from {resume} at step {run.step}")
     network: torch.nn.Module = model
@@ -365,7 +378,7 @@ def train(
         _save_checkpoint(run, optimizer)
     save(run, optimizer, run.out, with_state=False)
     if rank.main:
-        from training.plot import plot_metrics
+        from .plot import plot_metrics
 
         plot_metrics(run.out / "metrics.jsonl", run.out / "training_curves.png")
         print(f"done: {run.step} steps in {run.elapsed:.0f}s; model in {run.out}")

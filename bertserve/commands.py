@@ -1,0 +1,31 @@
+"""What the command lines share: the install extra each needs, checked before the heavy
+imports (so a serve-only install answers `bert-pretrain` with one line naming the extra, not a
+ModuleNotFoundError traceback), and one-line error messages."""
+
+from __future__ import annotations
+
+import importlib.util
+
+# command -> (extra, modules that extra installs and the command imports)
+NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bert-pretrain": ("train", ("torch", "tokenizers", "safetensors", "numpy", "tqdm")),
+    "bert-export": ("export", ("torch", "tokenizers", "safetensors", "onnx", "onnxruntime")),
+}
+
+
+def missing_extra(command: str) -> str | None:
+    """None when every module `command` needs is importable, else the one-line error."""
+    extra, modules = NEEDS[command]
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"{command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+        f"pip install 'bertserve[{extra}]'"
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (torch's and ORT's run over several lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

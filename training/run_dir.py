@@ -1,0 +1,98 @@
+"""Which folders `bert-pretrain` may write a run into, so it never deletes or overwrites a file
+it did not write.
+
+A run folder is marked by `train_config.json`, written first. A new run goes into a folder that
+is absent or empty; a folder that holds a run is continued with `--resume` or started over with
+`--overwrite`, which removes only the run's own files; a folder with anything else in it is
+refused, naming what is there.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+MARKER = "train_config.json"
+# every name a run writes (checkpoint-N folders, their temporary and doomed twins, atomic temps)
+_OWN_FILES = {
+    MARKER,
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "metrics.jsonl",
+    "training_curves.png",
+    "corpus_digest.txt",
+    "training_state.pt",
+}
+_OWN_PATTERN = re.compile(
+    r"^(checkpoint-\d+|\.checkpoint-\d+\..+|\.deleting-checkpoint-\d+|\..+\.tmp)$"
+)
+
+
+class RunDirError(ValueError):
+    """A folder a run must not write into."""
+
+
+def _ours(name: str) -> bool:
+    return name in _OWN_FILES or bool(_OWN_PATTERN.match(name))
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:4])
+    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def check_new_run(out: Path, overwrite: bool) -> None:
+    """Refuses an `out` that a new run must not write into (nothing is changed here)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} exists and is not a folder")
+    if not out.exists():
+        return
+    names = [child.name for child in out.iterdir()]
+    if not names:
+        return
+    foreign = [name for name in names if not _ours(name)]
+    if not is_run(out):
+        raise RunDirError(
+            f"--out {out} is not empty and is not a bertserve run (it holds {_listing(names)}); "
+            "choose a new or empty folder"
+        )
+    if foreign:
+        raise RunDirError(
+            f"--out {out} holds a run and files that are not the run's ({_listing(foreign)}); "
+            "move them or choose another folder"
+        )
+    if not overwrite:
+        raise RunDirError(
+            f"--out {out} already holds a run; continue it with --resume {out}, or start over "
+            "with --overwrite"
+        )
+
+
+def clear_run(out: Path) -> None:
+    """Removes a previous run's own files (after `check_new_run(out, overwrite=True)`)."""
+    if not out.is_dir():
+        return
+    for child in out.iterdir():
+        if not _ours(child.name):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def run_of(checkpoint: Path) -> Path:
+    """The run folder a resumable checkpoint belongs to: the folder above a checkpoint-N, or
+    the checkpoint itself when it stands alone."""
+    if re.match(r"^checkpoint-\d+$", checkpoint.name) and is_run(checkpoint.parent):
+        return checkpoint.parent
+    return checkpoint
