@@ -76,7 +76,7 @@ class QuantPlan:
         return f"{scale}{kept}"
 
 
-# Fixed plans, compared with "auto" by bench/int8_quality.py (see README figures).
+# Fixed plans, compared with "auto" by bench/export_speed.py (see README figures).
 QUANT_PRESETS: dict[str, QuantPlan] = {
     "per-tensor": QuantPlan(per_channel=False),
     "per-channel": QuantPlan(per_channel=True),

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,13 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
         timeout=300,
     )
     wheel = next((tmp_path / "wheels").glob("bertserve-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"bertserve"}, f"the wheel installs top-level names {tops}"
+    assert {f"bertserve/{stage}/cli.py" for stage in ("training", "export", "service")} <= set(
+        names
+    )
     subprocess.run([*pip, "install", f"{wheel}[serve]"], check=True, timeout=600)
 
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -202,35 +201,3 @@ def test_overwrite_starts_a_run_over(tmp_path, english_tokenizer):
     assert again.returncode == 0, again.stderr[-2000:]
     assert _steps(run) == [1, 2]
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
-
-
-# -- packaging ------------------------------------------------------------------------------------
-def test_the_wheel_installs_only_the_bertserve_namespace(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "--wheel-dir",
-            str(tmp_path),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    wheel = next(tmp_path.glob("bertserve-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        names = archive.namelist()
-        entry_points = archive.read(
-            next(n for n in names if n.endswith("entry_points.txt"))
-        ).decode()
-    tops = {name.split("/")[0] for name in names}
-    assert {top for top in tops if not top.endswith(".dist-info")} == {"bertserve"}, tops
-    for stage in ("training", "export", "service"):
-        assert f"bertserve/{stage}/cli.py" in names
-    assert "bert-serve = bertserve.service.cli:main" in entry_points
