@@ -115,9 +115,11 @@ def load_source(path: Path) -> Source:
     except RuntimeError as exc:  # a tensor whose shape the config does not give
         reason = (str(exc).strip().splitlines() or ["size mismatch"])[-1].strip()
         raise SourceError(f"{path}: weights do not fit config.json ({reason})") from exc
-    has_pooler = "bert.pooler.dense.weight" in state
+    # a run that never trained NSP has random NSP and pooler weights: leave both out
+    untrained_nsp = config.trained_heads is not None and "nsp" not in config.trained_heads
+    has_pooler = "bert.pooler.dense.weight" in state and not untrained_nsp
     has_mlm = "cls.predictions.transform.dense.weight" in state
-    has_nsp = "cls.seq_relationship.weight" in state
+    has_nsp = "cls.seq_relationship.weight" in state and not untrained_nsp
     optional = ("bert.pooler.", "cls.")
     required_missing = [k for k in missing if not k.startswith(optional)]
     if required_missing or unexpected:

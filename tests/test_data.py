@@ -74,10 +74,12 @@ def test_empty_corpus_is_a_clear_error(tmp_path, english_tokenizer):
         build_or_load(Corpus.open([str(tmp_path / "empty.txt")]), english_tokenizer, tmp_path)
 
 
-def test_default_corpus_exists_offline():
+def test_default_corpus_ships_english_and_chinese():
     stats = CorpusStats()
     docs = list(Corpus.open([]).documents(stats))
-    assert len(docs) > 50 and stats.sentences > 1000
+    assert len(docs) > 1000 and stats.sentences > 20_000 and stats.bad_bytes == 0
+    text = "".join(docs[0]) + "".join(docs[-1])
+    assert any("a" <= ch <= "z" for ch in text) and any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 # -- tokenizer ----------------------------------------------------------------------------------
@@ -184,6 +186,49 @@ def test_no_nsp_gives_single_segments():
         inst = next(gen)
         assert inst.nsp_label == -1 and inst.segments.sum() == 0 and len(inst.tokens) <= 64
         assert (inst.tokens == SPECIALS.sep).sum() == 1
+
+
+def test_packing_fills_every_slot_and_keeps_every_token_in_order():
+    store = _synthetic_store()
+    docs = np.arange(store.num_documents)
+    gen = PairGenerator(store, docs, SPECIALS, 64, 0.1, False, seed=0, pack=True)
+    stream = []
+    for _ in range(150):  # less than one epoch of the store
+        inst = next(gen)
+        assert len(inst.tokens) == 64 and inst.nsp_label == -1  # no padding, ever
+        assert inst.tokens[0] == SPECIALS.cls and inst.tokens[-1] == SPECIALS.sep
+        stream.extend(inst.tokens[1:-1].tolist())
+    # the text runs on across sequences: every token once, in epoch order, [SEP] between docs
+    expected = []
+    for doc in np.random.default_rng([0, 0]).permutation(docs):
+        first, stop = store.sentence_range(int(doc))
+        expected.extend(store.tokens[store.sentences[first] : store.sentences[stop]].tolist())
+        expected.append(SPECIALS.sep)
+    body = [t for t in stream if t != SPECIALS.sep]
+    assert body == [t for t in expected if t != SPECIALS.sep][: len(body)]
+    for i in np.flatnonzero(np.array(stream) == SPECIALS.sep):  # only between documents
+        if 0 < i < len(stream) - 1:
+            assert _doc_of(store, stream[i - 1]) != _doc_of(store, stream[i + 1])
+
+
+def test_packed_generator_resumes_mid_sentence():
+    store = _synthetic_store()
+    docs = np.arange(store.num_documents)
+    gen = PairGenerator(store, docs, SPECIALS, 48, 0.0, False, seed=5, pack=True)
+    for _ in range(77):
+        next(gen)
+    state = gen.state_dict()
+    assert state["tok_pos"] >= 0
+    expected = [next(gen).tokens.tolist() for _ in range(40)]
+    other = PairGenerator(store, docs, SPECIALS, 48, 0.0, False, seed=5, pack=True)
+    other.load_state_dict(state)
+    assert [next(other).tokens.tolist() for _ in range(40)] == expected
+
+
+def test_packing_needs_no_nsp():
+    store = _synthetic_store()
+    with pytest.raises(ValueError, match="--no-nsp"):
+        PairGenerator(store, np.arange(10), SPECIALS, 64, 0.0, True, seed=0, pack=True)
 
 
 def test_masking_statistics_over_10000_pairs():

@@ -319,3 +319,15 @@ def test_whole_word_no_nsp_and_static_options_train(tmp_path):
     ]
     assert {"train", "eval"} == {r["split"] for r in rows}
     assert all("nsp_acc" not in r for r in rows)
+    # the checkpoint says NSP was never trained, so export leaves out the NSP head and the
+    # pooler (both random) and the service will answer /next-sentence with 424
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["trained_heads"] == ["mlm"]
+    from bertserve.export.pipeline import ExportOptions, export_artifact
+
+    manifest = export_artifact(
+        tmp_path / "r", tmp_path / "art", ExportOptions(("fp32",), progress=False)
+    )
+    assert manifest["capabilities"]["next_sentence"] is False
+    assert manifest["capabilities"]["pooler"] is False
+    assert manifest["capabilities"]["fill_mask"] is True

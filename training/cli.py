@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH",
         help="files, directories (*.txt) or globs; one sentence per line, blank "
-        "line between documents (default: the embedded pydoc corpus)",
+        "line between documents; .gz files too (default: the shipped English + Chinese "
+        "demo corpus)",
     )
     data.add_argument("--out", help=f"run directory (default {d.out})")
     data.add_argument(
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="RoBERTa-style: full sentences, MLM loss only",
     )
     data.add_argument(
+        "--pack",
+        action="store_true",
+        help="with --no-nsp: pack text across sentence and document boundaries so every "
+        "sequence is exactly --max-seq-len tokens (no padding)",
+    )
+    data.add_argument(
         "--static-masking",
         action="store_true",
         help="the same pair always gets the same mask (default: dynamic)",
@@ -94,10 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=float, help=f"peak learning rate ({d.lr})")
     opt.add_argument("--weight-decay", type=float, help=f"({d.weight_decay})")
     opt.add_argument("--warmup-steps", type=int, help=f"({d.warmup_steps})")
+    opt.add_argument(
+        "--schedule",
+        choices=["linear", "wsd"],
+        help="learning rate after warmup: linear decay to 0, or warmup-stable-decay "
+        f"({d.schedule})",
+    )
+    opt.add_argument(
+        "--decay-fraction",
+        type=float,
+        help=f"wsd: share of the run spent decaying ({d.decay_fraction})",
+    )
     opt.add_argument("--clip-norm", type=float, help=f"({d.clip_norm})")
     opt.add_argument("--max-steps", type=int)
     opt.add_argument("--time-budget", metavar="DURATION", help="wall clock, e.g. 90s, 10m, 2h")
     opt.add_argument("--compile", action="store_true", help="torch.compile the model")
+    opt.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        help="bf16 autocast; auto: on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX) "
+        f"({d.bf16})",
+    )
     opt.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"({d.device})")
     opt.add_argument("--seed", type=int, help=f"({d.seed})")
 
@@ -167,6 +191,10 @@ def config_from_args(
         raise ValueError("--max-seq-len must be at least 8")
     if not 0 < cfg.masked_lm_prob < 1:
         raise ValueError("--masked-lm-prob must be between 0 and 1")
+    if cfg.pack and cfg.nsp:
+        raise ValueError("--pack needs --no-nsp (a packed sequence has no sentence pair)")
+    if not 0 < cfg.decay_fraction <= 1:
+        raise ValueError("--decay-fraction must be in (0, 1]")
     notes = []
     if resume is not None:
         current = dataclasses.asdict(cfg)

@@ -29,6 +29,10 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # which pretraining heads a bertserve run trained ("mlm", "nsp"); None: not recorded (a
+    # Hugging Face checkpoint). Export leaves out a head, and the pooler that only NSP trains,
+    # when the run never trained it. transformers keeps the key as a plain attribute.
+    trained_heads: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -126,6 +130,7 @@ class TrainConfig:
     masked_lm_prob: float = 0.15
     max_predictions: int = 20  # per sequence; the original uses 20 at length 128
     nsp: bool = True  # False: RoBERTa-style full sentences, MLM only
+    pack: bool = False  # MLM only: sequences packed to max_seq_len, no padding at all
     static_masking: bool = False
     whole_word_masking: bool = False
     eval_fraction: float = 0.02  # share of documents held out for evaluation
@@ -138,10 +143,13 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-6
     warmup_steps: int = 100
+    schedule: str = "linear"  # linear: warmup then decay to 0; wsd: warmup, stable, decay
+    decay_fraction: float = 0.2  # wsd: the share of the run (steps or budget) spent decaying
     clip_norm: float = 1.0
     max_steps: int | None = None
     time_budget_s: float | None = None
     compile: bool = False
+    bf16: str = "off"  # autocast: on, off, or auto (on CUDA and on CPUs with native bf16)
     device: str = "auto"
     # bookkeeping
     log_every: int = 10

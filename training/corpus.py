@@ -1,21 +1,22 @@
 """Contract 1: the corpus, one sentence per line and a blank line between documents.
 
-Files are read as UTF-8 with bad bytes replaced and counted, never fatal. With no paths the
-embedded default corpus is used: the topic help that ships with every CPython
-(`pydoc_data.topics`), so the pipeline runs on a fresh offline machine.
+Files (plain or .gz) are read as UTF-8 with bad bytes replaced and counted, never fatal. With no
+paths the default corpus that ships inside the package is used (English and Chinese public-domain
+text, demo_corpus.py), so the pipeline runs on a fresh offline machine.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
+import gzip
 import hashlib
-import io
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+from . import demo_corpus
 
 
 class CorpusError(ValueError):
@@ -111,7 +112,8 @@ def file_documents(path: Path, stats: CorpusStats) -> Iterator[list[str]]:
     """The documents of one file, streamed; invalid UTF-8 is replaced and counted."""
     global _bad_bytes
     before = _bad_bytes
-    with open(path, encoding="utf-8", errors="bertserve_count", newline=None) as handle:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="bertserve_count", newline=None) as handle:
         yield from split_documents(read_lines(handle))
     if _bad_bytes > before:
         stats.bad_bytes += _bad_bytes - before
@@ -119,64 +121,35 @@ def file_documents(path: Path, stats: CorpusStats) -> Iterator[list[str]]:
     stats.files += 1
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
-
-
-def default_corpus_text() -> str:
-    """pydoc's topic help reshaped into Contract 1: a topic is a document, a sentence a line."""
-    from pydoc_data.topics import topics
-
-    documents = []
-    for name in sorted(topics):
-        sentences = []
-        for paragraph in re.split(r"\n\s*\n", topics[name]):
-            lines = paragraph.splitlines()
-            if lines and all(line.startswith("   ") for line in lines):
-                continue  # indented code or grammar block, not prose
-            flat = " ".join(line.strip() for line in lines).strip()
-            sentences.extend(s for s in _SENTENCE_END.split(flat) if len(s.split()) >= 3)
-        if len(sentences) >= 2:
-            documents.append("\n".join(sentences))
-    return "\n\n".join(documents) + "\n"
-
-
 @dataclass
 class Corpus:
     """The resolved corpus: where the text comes from and a hash of all of it."""
 
-    paths: list[Path]  # empty: the embedded default corpus
+    paths: list[Path]
     digest: str
+    is_default: bool = False
 
     @classmethod
     def open(cls, specs: Sequence[str]) -> Corpus:
-        paths = resolve_paths(specs) if specs else []
+        """The files `specs` name, or with none the shipped demo corpus (demo_corpus.py)."""
+        paths = resolve_paths(specs) if specs else demo_corpus.paths()
         hasher = hashlib.sha256()
-        if paths:
-            for path in paths:
-                hasher.update(path.name.encode() + b"\0")
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        hasher.update(block)
-        else:
-            hasher.update(default_corpus_text().encode())
-        return cls(paths, hasher.hexdigest())
+        for path in paths:
+            hasher.update(path.name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+        return cls(paths, hasher.hexdigest(), is_default=not specs)
 
     @property
     def name(self) -> str:
-        if not self.paths:
-            return "default (pydoc_data.topics)"
+        if self.is_default:
+            return "default (the shipped English + Chinese demo corpus)"
         return f"{len(self.paths)} file(s) from {self.paths[0].parent}"
 
     def documents(self, stats: CorpusStats) -> Iterator[list[str]]:
-        if self.paths:
-            sources: Iterable[Iterator[list[str]]] = (
-                file_documents(path, stats) for path in self.paths
-            )
-        else:
-            stats.files = 1
-            sources = [split_documents(read_lines(io.StringIO(default_corpus_text())))]
-        for documents in sources:
-            for document in documents:
+        for path in self.paths:
+            for document in file_documents(path, stats):
                 stats.documents += 1
                 stats.sentences += len(document)
                 yield document

@@ -46,7 +46,10 @@ class PairGenerator:
         short_seq_prob: float,
         nsp: bool,
         seed: int,
+        pack: bool = False,
     ) -> None:
+        if pack and nsp:
+            raise ValueError("--pack needs --no-nsp (a packed sequence has no sentence pair)")
         if nsp and len(documents) < 2:
             raise ValueError(
                 "next-sentence prediction needs at least 2 documents (blank-line separated); "
@@ -56,6 +59,7 @@ class PairGenerator:
         self.documents = np.asarray(documents, dtype=np.int64)
         self.specials = specials
         self.nsp = nsp
+        self.pack = pack
         # [CLS] A [SEP] B [SEP] has three special tokens; [CLS] A [SEP] has two
         self.max_tokens = max_seq_len - (3 if nsp else 2)
         self.short_seq_prob = short_seq_prob
@@ -64,6 +68,7 @@ class PairGenerator:
         self.epoch = 0
         self.doc_pos = 0  # index into this epoch's order
         self.sent_pos = 0  # next sentence of the current document, relative to its start
+        self.tok_pos = 0  # packing only: next token of that sentence
         self.target = -1  # target length for the current document; -1 = draw at next use
         self._order = self._epoch_order()
 
@@ -74,12 +79,14 @@ class PairGenerator:
             "doc_pos": self.doc_pos,
             "sent_pos": self.sent_pos,
             "target": self.target,
+            "tok_pos": self.tok_pos,
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.doc_pos = int(state["epoch"]), int(state["doc_pos"])
         self.sent_pos, self.target = int(state["sent_pos"]), int(state["target"])
+        self.tok_pos = int(state.get("tok_pos", 0))
         self.rng.bit_generator.state = state["rng"]
         self._order = self._epoch_order()
 
@@ -95,6 +102,7 @@ class PairGenerator:
     def _advance_document(self) -> None:
         self.doc_pos += 1
         self.sent_pos = 0
+        self.tok_pos = 0
         self.target = -1
         if self.doc_pos >= len(self._order):
             self.epoch += 1
@@ -114,6 +122,8 @@ class PairGenerator:
         return self._concat(start, end)
 
     def __next__(self) -> Instance:
+        if self.pack:
+            return self._packed()
         while True:
             doc = int(self._order[self.doc_pos])
             first, stop = self.store.sentence_range(doc)
@@ -138,6 +148,35 @@ class PairGenerator:
 
     def __iter__(self) -> PairGenerator:
         return self
+
+    def _packed(self) -> Instance:
+        """MLM only, no padding: [CLS] text [SEP] of exactly max_seq_len tokens, the text running
+        on across sentence and document boundaries with a [SEP] between documents (RoBERTa's
+        FULL-SENTENCES packing). A sentence cut at the end continues the next sequence."""
+        sp = self.specials
+        pieces: list[np.ndarray] = [np.array([sp.cls])]
+        need = self.max_tokens
+        while need > 0:
+            doc = int(self._order[self.doc_pos])
+            first, stop = self.store.sentence_range(doc)
+            sentence = first + self.sent_pos
+            if sentence >= stop:
+                self._advance_document()
+                if len(pieces) > 1:
+                    pieces.append(np.array([sp.sep]))
+                    need -= 1
+                continue
+            rest = self.store.sentence(sentence)[self.tok_pos :]
+            taken = np.asarray(rest[:need])
+            pieces.append(taken)
+            need -= len(taken)
+            if len(taken) < len(rest):
+                self.tok_pos += len(taken)
+            else:
+                self.sent_pos, self.tok_pos = self.sent_pos + 1, 0
+        pieces.append(np.array([sp.sep]))
+        seq = np.concatenate(pieces).astype(np.int64)
+        return Instance(seq, np.zeros_like(seq), -1)
 
     def _make_instance(self, doc: int, start: int, end: int, stop: int) -> tuple[Instance, int]:
         """Chunk = sentences [start, end) of `doc`, whose sentences end at `stop`.

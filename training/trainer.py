@@ -44,15 +44,20 @@ from .tokenizer import (
 
 # -- schedule and optimizer ---------------------------------------------------------------------
 def lr_factor(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """Linear warmup over warmup_steps, then linear decay to 0 at max_steps (or, with only a
-    time budget, at the end of the budget)."""
+    """Linear warmup over warmup_steps, then
+    linear: linear decay to 0 at max_steps (or, with only a time budget, at its end);
+    wsd: constant, then linear decay to 0 over the last decay_fraction of the run, so most of a
+    short budget is spent at the peak rate."""
     warm = (step + 1) / max(1, cfg.warmup_steps)
     if cfg.max_steps:
-        decay = (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps)
+        progress, decay_start = step / cfg.max_steps, cfg.warmup_steps / cfg.max_steps
     elif cfg.time_budget_s:
-        decay = 1.0 - elapsed / cfg.time_budget_s
+        progress, decay_start = elapsed / cfg.time_budget_s, 0.0
     else:
-        decay = 1.0
+        return max(0.0, min(warm, 1.0))
+    if cfg.schedule == "wsd":
+        decay_start = max(decay_start, 1.0 - cfg.decay_fraction)
+    decay = (1.0 - progress) / max(1e-9, 1.0 - decay_start)
     return max(0.0, min(warm, decay, 1.0))
 
 
@@ -85,6 +90,7 @@ class Run:
     model: BertForPreTraining
     step: int = 0
     elapsed: float = 0.0
+    bf16: bool = False  # autocast to bf16 (see use_bf16)
 
 
 def prepare(
@@ -142,6 +148,7 @@ def prepare(
         overrides = dict(model_overrides)
         overrides.setdefault("max_position_embeddings", max(512, cfg.max_seq_len))
         model_cfg = preset(cfg.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
+        model_cfg.trained_heads = ["mlm", "nsp"] if cfg.nsp else ["mlm"]
     if model_cfg.vocab_size < tokenizer.get_vocab_size():
         raise ValueError("the model's vocab_size is smaller than the tokenizer's vocabulary")
     if cfg.max_seq_len > model_cfg.max_position_embeddings:
@@ -161,7 +168,7 @@ def prepare(
 
     def source(docs: np.ndarray, seed: int, static: bool) -> BatchSource:
         pairs = PairGenerator(
-            store, docs, specials, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp, seed
+            store, docs, specials, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp, seed, cfg.pack
         )
         return BatchSource(pairs, masker, specials.pad, static)
 
@@ -179,8 +186,20 @@ def prepare(
         f"{model.num_parameters() / 1e6:.2f}M parameters, on {device}"
         + (f" x {rank.world} ranks" if rank.world > 1 else "")
     )
+    bf16 = use_bf16(cfg.bf16, device)
+    say(f"precision: {'bf16 autocast' if bf16 else 'fp32'} on {device.type}")
     return Run(
-        cfg, model_cfg, out, rank, device, tokenizer, specials, train_source, eval_batches, model
+        cfg,
+        model_cfg,
+        out,
+        rank,
+        device,
+        tokenizer,
+        specials,
+        train_source,
+        eval_batches,
+        model,
+        bf16=bf16,
     )
 
 
@@ -190,7 +209,7 @@ def evaluate(run: Run, forward: Any) -> dict[str, float]:
     tally = Tally(run.device)
     for batch in run.eval_batches:
         batch = batch.to(run.device)
-        with autocast(run.device):
+        with autocast(run.device, run.bf16):
             out = forward(batch)
         tally.add(out, batch, pretraining_loss(out, batch.masked_labels, batch.nsp_labels))
     run.model.train()
@@ -203,9 +222,24 @@ def evaluate(run: Run, forward: Any) -> dict[str, float]:
     return result
 
 
-def autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively instead of being emulated (slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    if setting == "auto":
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return setting == "on"
+
+
+def autocast(device: torch.device, enabled: bool = True) -> Any:
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -330,7 +364,7 @@ def train(
                 batch = run.train_source.next_batch(cfg.batch_size).to(device)
                 sync = micro == cfg.grad_accum - 1 or rank.world == 1
                 context = nullcontext() if sync else network.no_sync()  # type: ignore[operator]
-                with context, autocast(device):
+                with context, autocast(device, run.bf16):
                     out = forward(batch)
                     losses = pretraining_loss(out, batch.masked_labels, batch.nsp_labels)
                     (losses[0] / cfg.grad_accum).backward()
