@@ -43,6 +43,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out=str(out),
         corpus=[str(DATA / "english.txt"), str(DATA / "chinese.txt")],
         preset="tiny",
+        nsp=True,  # the service tests need an NSP head
         vocab_size=6000,
         max_seq_len=64,
         batch_size=16,

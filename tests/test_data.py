@@ -225,6 +225,20 @@ def test_packed_generator_resumes_mid_sentence():
     assert [next(other).tokens.tolist() for _ in range(40)] == expected
 
 
+def test_sequence_length_can_grow_mid_run_and_resume_keeps_it():
+    store = _synthetic_store()
+    docs = np.arange(store.num_documents)
+    gen = PairGenerator(store, docs, SPECIALS, 32, 0.0, True, seed=1)
+    assert max(len(next(gen).tokens) for _ in range(200)) <= 32
+    gen.set_max_seq_len(128)
+    state = gen.state_dict()
+    lengths = [len(next(gen).tokens) for _ in range(200)]
+    assert max(lengths) <= 128 and max(lengths) > 64
+    other = PairGenerator(store, docs, SPECIALS, 32, 0.0, True, seed=1)
+    other.load_state_dict(state)  # a run resumed in its long phase stays there
+    assert [len(next(other).tokens) for _ in range(200)] == lengths
+
+
 def test_packing_needs_no_nsp():
     store = _synthetic_store()
     with pytest.raises(ValueError, match="--no-nsp"):

@@ -185,7 +185,7 @@ def _run_with_a_user_file(ws: Path) -> list[str]:
 
 def _one_document(ws: Path) -> list[str]:
     (ws / "one.txt").write_text("a single document " * 50 + "\n")
-    return ["--corpus", "one.txt", "--out", "run", "--max-steps", "1"]
+    return ["--nsp", "--corpus", "one.txt", "--out", "run", "--max-steps", "1"]
 
 
 PRETRAIN_CASES: dict[str, tuple[Case, str]] = {

@@ -68,7 +68,7 @@ def _mlm_accuracy(run_dir: Path, corpus: Path, batches: int = 20) -> float:
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     specials = SpecialIds.of(tokenizer)
     store, _ = build_or_load(Corpus.open([str(corpus)]), tokenizer, progress=False)
-    pairs = PairGenerator(store, np.arange(store.num_documents), specials, 32, 0.0, True, 123)
+    pairs = PairGenerator(store, np.arange(store.num_documents), specials, 32, 0.0, False, 123)
     source = BatchSource(pairs, Masker(specials, tokenizer.get_vocab_size()), specials.pad)
     model = load_model(run_dir).eval()
     hits = total = 0
@@ -129,6 +129,7 @@ def test_tiny_model_overfits_a_small_corpus_in_under_a_minute(tmp_path):
 
 
 RESUME_ARGS = (
+    "--nsp",
     "--corpus",
     str(DATA / "english.txt"),
     "--preset",
@@ -249,7 +250,7 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
         (["--out", "{tmp}/r"], "--max-steps or --time-budget"),
         (["--max-steps", "1", "--time-budget", "ten minutes"], "cannot read duration"),
         (
-            ["--corpus", "{one_doc}", "--max-steps", "1", "--eval-fraction", "0"],
+            ["--nsp", "--corpus", "{one_doc}", "--max-steps", "1", "--eval-fraction", "0"],
             "at least 2 documents",
         ),
     ],
@@ -331,3 +332,28 @@ def test_whole_word_no_nsp_and_static_options_train(tmp_path):
     assert manifest["capabilities"]["next_sentence"] is False
     assert manifest["capabilities"]["pooler"] is False
     assert manifest["capabilities"]["fill_mask"] is True
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    from bertserve.training.config import TrainConfig
+    from bertserve.training.trainer import lr_factor
+
+    linear = TrainConfig(max_steps=100, warmup_steps=10, schedule="linear")
+    wsd = TrainConfig(max_steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
+    assert lr_factor(linear, 4, 0) == lr_factor(wsd, 4, 0) == 0.5  # the same warmup
+    assert abs(lr_factor(linear, 55, 0) - 0.5) < 1e-9  # halfway down the linear decay
+    assert lr_factor(wsd, 55, 0) == 1.0 and lr_factor(wsd, 79, 0) == 1.0  # stable
+    assert abs(lr_factor(wsd, 90, 0) - 0.5) < 1e-9  # halfway through the last 20%
+    assert lr_factor(wsd, 100, 0) == lr_factor(linear, 100, 0) == 0.0
+    by_time = TrainConfig(time_budget_s=600, warmup_steps=1, schedule="wsd")
+    assert lr_factor(by_time, 50, 300) == 1.0 and abs(lr_factor(by_time, 50, 540) - 0.5) < 1e-9
+
+
+def test_the_long_phase_is_the_last_fraction_of_the_run():
+    from bertserve.training.config import TrainConfig
+    from bertserve.training.trainer import in_long_phase
+
+    by_steps = TrainConfig(max_steps=100, long_seq_len=512, long_fraction=0.1)
+    assert not in_long_phase(by_steps, 89, 0) and in_long_phase(by_steps, 90, 0)
+    by_time = TrainConfig(time_budget_s=600, long_seq_len=512, long_fraction=0.1)
+    assert not in_long_phase(by_time, 5, 539.0) and in_long_phase(by_time, 5, 540.0)

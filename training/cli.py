@@ -61,14 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep case (default: lowercase, as bert-base-uncased)",
     )
     data.add_argument("--max-seq-len", type=int, help=f"tokens per pair ({d.max_seq_len})")
+    data.add_argument(
+        "--long-seq-len",
+        type=int,
+        help="switch to this length for the last --long-fraction of the run (e.g. 128 then 512)",
+    )
+    data.add_argument(
+        "--long-fraction",
+        type=float,
+        help=f"share of the run at --long-seq-len ({d.long_fraction})",
+    )
     data.add_argument("--short-seq-prob", type=float, help=f"({d.short_seq_prob})")
     data.add_argument("--masked-lm-prob", type=float, help=f"({d.masked_lm_prob})")
     data.add_argument("--max-predictions", type=int, help=f"per sequence ({d.max_predictions})")
     data.add_argument(
-        "--no-nsp",
-        dest="nsp",
-        action="store_false",
-        help="RoBERTa-style: full sentences, MLM loss only",
+        "--nsp",
+        action=argparse.BooleanOptionalAction,
+        help="next-sentence prediction on [CLS] A [SEP] B [SEP] pairs, as the original "
+        f"(default: {'on' if d.nsp else 'off'}: RoBERTa-style full sentences, MLM loss only, "
+        "which trained a better MLM at equal budget)",
     )
     data.add_argument(
         "--pack",
@@ -193,6 +204,10 @@ def config_from_args(
         raise ValueError("--masked-lm-prob must be between 0 and 1")
     if cfg.pack and cfg.nsp:
         raise ValueError("--pack needs --no-nsp (a packed sequence has no sentence pair)")
+    if cfg.long_seq_len is not None and cfg.long_seq_len <= cfg.max_seq_len:
+        raise ValueError("--long-seq-len must be longer than --max-seq-len")
+    if not 0 < cfg.long_fraction < 1:
+        raise ValueError("--long-fraction must be between 0 and 1")
     if not 0 < cfg.decay_fraction <= 1:
         raise ValueError("--decay-fraction must be in (0, 1]")
     notes = []

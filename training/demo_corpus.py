@@ -22,6 +22,7 @@ FILES = ("demo-en.txt.gz", "demo-zh.txt.gz")
 # in copyright in life+70 countries (shared/corpora/README.md): not shipped
 _LEFT_OUT_AUTHORS = ("Wodehouse", "Christie", "Russell")
 EN_BYTES = 3_000_000
+EN_CHUNK = 40  # paragraphs per English document
 ZH_FILES = ("yuanqu.txt", "lunyu.txt")
 
 
@@ -41,7 +42,11 @@ def _english(corpora: Path) -> str:
     for author, book in zip(authors, books.split("\n\n"), strict=False):
         if any(name in author for name in _LEFT_OUT_AUTHORS) or size >= EN_BYTES:
             continue
-        kept.append(book.strip())
+        # a book is cut into documents of EN_CHUNK paragraphs, so held-out documents and NSP
+        # negatives come from many places, as with the thousands of short Chinese pieces
+        paragraphs = book.strip().splitlines()
+        for start in range(0, len(paragraphs), EN_CHUNK):
+            kept.append("\n".join(paragraphs[start : start + EN_CHUNK]))
         size += len(book.encode())
     return "\n\n".join(kept) + "\n"
 

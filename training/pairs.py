@@ -61,6 +61,7 @@ class PairGenerator:
         self.nsp = nsp
         self.pack = pack
         # [CLS] A [SEP] B [SEP] has three special tokens; [CLS] A [SEP] has two
+        self.max_seq_len = max_seq_len
         self.max_tokens = max_seq_len - (3 if nsp else 2)
         self.short_seq_prob = short_seq_prob
         self.seed = seed
@@ -73,8 +74,14 @@ class PairGenerator:
         self._order = self._epoch_order()
 
     # -- state --------------------------------------------------------------------------------
+    def set_max_seq_len(self, max_seq_len: int) -> None:
+        """Longer (or shorter) sequences from here on; the position in the corpus is kept."""
+        self.max_seq_len = max_seq_len
+        self.max_tokens = max_seq_len - (3 if self.nsp else 2)
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "max_seq_len": self.max_seq_len,
             "epoch": self.epoch,
             "doc_pos": self.doc_pos,
             "sent_pos": self.sent_pos,
@@ -87,6 +94,7 @@ class PairGenerator:
         self.epoch, self.doc_pos = int(state["epoch"]), int(state["doc_pos"])
         self.sent_pos, self.target = int(state["sent_pos"]), int(state["target"])
         self.tok_pos = int(state.get("tok_pos", 0))
+        self.set_max_seq_len(int(state.get("max_seq_len", self.max_seq_len)))
         self.rng.bit_generator.state = state["rng"]
         self._order = self._epoch_order()
 

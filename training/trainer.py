@@ -16,7 +16,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -61,6 +60,15 @@ def lr_factor(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return max(0.0, min(warm, decay, 1.0))
 
 
+def in_long_phase(cfg: TrainConfig, step: int, elapsed: float) -> bool:
+    """True in the last long_fraction of the run (by steps, else by the time budget)."""
+    if cfg.max_steps:
+        return step >= (1.0 - cfg.long_fraction) * cfg.max_steps
+    if cfg.time_budget_s:
+        return elapsed >= (1.0 - cfg.long_fraction) * cfg.time_budget_s
+    return False
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm weights, as the original."""
     decay, no_decay = [], []
@@ -91,6 +99,7 @@ class Run:
     step: int = 0
     elapsed: float = 0.0
     bf16: bool = False  # autocast to bf16 (see use_bf16)
+    last_eval: dict[str, float] | None = None
 
 
 def prepare(
@@ -146,14 +155,17 @@ def prepare(
         model_cfg = BertConfig.load(resume / "config.json")
     else:
         overrides = dict(model_overrides)
-        overrides.setdefault("max_position_embeddings", max(512, cfg.max_seq_len))
+        overrides.setdefault(
+            "max_position_embeddings", max(512, cfg.max_seq_len, cfg.long_seq_len or 0)
+        )
         model_cfg = preset(cfg.preset, vocab_size=tokenizer.get_vocab_size(), **overrides)
         model_cfg.trained_heads = ["mlm", "nsp"] if cfg.nsp else ["mlm"]
     if model_cfg.vocab_size < tokenizer.get_vocab_size():
         raise ValueError("the model's vocab_size is smaller than the tokenizer's vocabulary")
-    if cfg.max_seq_len > model_cfg.max_position_embeddings:
+    longest = max(cfg.max_seq_len, cfg.long_seq_len or 0)
+    if longest > model_cfg.max_position_embeddings:
         raise ValueError(
-            f"max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings "
+            f"sequence length {longest} exceeds max_position_embeddings "
             f"{model_cfg.max_position_embeddings}"
         )
 
@@ -166,16 +178,26 @@ def prepare(
         continuation_mask(tokenizer) if cfg.whole_word_masking else None,
     )
 
-    def source(docs: np.ndarray, seed: int, static: bool) -> BatchSource:
-        pairs = PairGenerator(
-            store, docs, specials, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp, seed, cfg.pack
-        )
-        return BatchSource(pairs, masker, specials.pad, static)
-
-    train_source = source(train_docs, cfg.seed * 1000 + rank.rank, cfg.static_masking)
+    pairs = PairGenerator(
+        store,
+        train_docs,
+        specials,
+        cfg.max_seq_len,
+        cfg.short_seq_prob,
+        cfg.nsp,
+        cfg.seed * 1000 + rank.rank,
+        cfg.pack,
+    )
+    train_source = BatchSource(pairs, masker, specials.pad, cfg.static_masking)
     eval_batches = []
     if len(eval_docs) >= 2 and cfg.eval_batches > 0:
-        eval_source = source(eval_docs, cfg.seed * 1000 + 999, True)
+        # one yardstick whatever the recipe: unpacked sequences masked at BERT's 15%, so runs
+        # with other masking rates or packing report comparable held-out accuracy
+        eval_masker = Masker(specials, tokenizer.get_vocab_size(), 0.15, 20)
+        eval_pairs = PairGenerator(
+            store, eval_docs, specials, cfg.max_seq_len, 0.0, cfg.nsp, cfg.seed * 1000 + 999
+        )
+        eval_source = BatchSource(eval_pairs, eval_masker, specials.pad, static_masking=True)
         eval_batches = [eval_source.next_batch(cfg.batch_size) for _ in range(cfg.eval_batches)]
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -323,7 +345,6 @@ def train(
         network = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not cfg.nsp,  # the pooler and NSP head idle without NSP
         )
     if cfg.compile:
         network = torch.compile(network)  # type: ignore[assignment]
@@ -355,6 +376,11 @@ def train(
                 break
             if deadline is not None and run.elapsed >= deadline:
                 break
+            pairs = run.train_source.pairs
+            longer = cfg.long_seq_len and pairs.max_seq_len != cfg.long_seq_len
+            if longer and in_long_phase(cfg, run.step, run.elapsed):
+                pairs.set_max_seq_len(cfg.long_seq_len)
+                tqdm.write(f"step {run.step}: sequences of {cfg.long_seq_len} from here on")
             # dropout depends on (seed, rank, step) alone, so resumed steps repeat exactly
             torch.manual_seed(hash((cfg.seed, rank.rank, run.step)) & 0x7FFF_FFFF)
             lr = cfg.lr * lr_factor(cfg, run.step, run.elapsed)
@@ -367,7 +393,12 @@ def train(
                 with context, autocast(device, run.bf16):
                     out = forward(batch)
                     losses = pretraining_loss(out, batch.masked_labels, batch.nsp_labels)
-                    (losses[0] / cfg.grad_accum).backward()
+                    loss = losses[0]
+                    if rank.world > 1 and not cfg.nsp:
+                        # DDP reduces every parameter's gradient: keep the idle pooler and NSP
+                        # head in the graph with a zero weight
+                        loss = loss + 0.0 * out.nsp_logits.sum()
+                    (loss / cfg.grad_accum).backward()
                 tally.add(out, batch, losses)
                 micro_batches += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -415,7 +446,13 @@ def train(
         from .plot import plot_metrics
 
         plot_metrics(run.out / "metrics.jsonl", run.out / "training_curves.png")
-        print(f"done: {run.step} steps in {run.elapsed:.0f}s; model in {run.out}")
+        held_out = ""
+        if run.last_eval is not None:
+            held_out = (
+                f"; held-out MLM accuracy {run.last_eval['mlm_acc']:.3f} "
+                f"(loss {run.last_eval['mlm_loss']:.3f}, 15% masking)"
+            )
+        print(f"done: {run.step} steps in {run.elapsed:.0f}s{held_out}; model in {run.out}")
     if rank.world > 1:
         dist.destroy_process_group()
     return run.out
@@ -436,6 +473,7 @@ def _save_checkpoint(run: Run, optimizer: torch.optim.Optimizer) -> None:
 
 def _log_eval(run: Run, forward: Any, log: Any) -> None:
     result = evaluate(run, forward)
+    run.last_eval = result
     if log is not None:
         log.write(json.dumps({"step": run.step, "split": "eval", **result}) + "\n")
         log.flush()
