@@ -53,6 +53,7 @@ RECIPES: dict[str, list[str]] = {
     "vocab-8k": [*OLD_DEFAULT, "--vocab-size", "8000"],
     "seq-128-then-512": [*OLD_DEFAULT, "--long-seq-len", "512", "--long-fraction", "0.1"],
     "best": [],
+    "best-lr-5e-4": ["--lr", "5e-4", "--warmup-steps", "100"],
 }
 
 
