@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -161,8 +162,6 @@ def _read_manifest(root: Path) -> Manifest:
 
 
 def _verify(root: Path, relative: str, expected: str) -> Path:
-    import re
-
     path = contained(root, relative)
     if not re.match(_SHA256, expected):
         raise ArtifactError(f"{root}: the sha256 of {relative} in the manifest is malformed")
