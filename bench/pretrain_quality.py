@@ -54,6 +54,11 @@ RECIPES: dict[str, list[str]] = {
     "seq-128-then-512": [*OLD_DEFAULT, "--long-seq-len", "512", "--long-fraction", "0.1"],
     "best": [],
     "best-lr-5e-4": ["--lr", "5e-4", "--warmup-steps", "100"],
+    "best-batch-16": ["--batch-size", "16"],
+    "best-batch-8": ["--batch-size", "8", "--lr", "5e-4", "--warmup-steps", "200"],
+    "best-batch-8-lr-1e-3": ["--batch-size", "8", "--warmup-steps", "200"],
+    "best-dropout-0": ["--dropout", "0", "--attention-dropout", "0"],
+    "best-dropout-0-batch-16": ["--dropout", "0", "--attention-dropout", "0", "--batch-size", "16"],
 }
 
 

@@ -17,7 +17,13 @@ from bertserve.commands import missing_extra, one_line
 
 # export.variants.QUANT_CHOICES, spelled out so that --help works before the heavy imports
 # (a test keeps the two equal)
-QUANT_CHOICES = ("auto", "per-tensor", "per-channel", "keep-ffn-out", "keep-outputs")
+QUANT_CHOICES = (
+    "auto",
+    "per-row",
+    "dynamic-per-tensor",
+    "dynamic-per-channel",
+    "dynamic-auto",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantization",
         default="auto",
         choices=list(QUANT_CHOICES),
-        help="int8 plan: auto searches which MatMuls stay fp32 (figures: bench/export_speed.py)",
+        help=(
+            "int8 plan: per-row scales every token row alone, so a sentence's vector does not "
+            "depend on its batch; auto (default) is per-row, keeping the fewest MatMuls fp32 "
+            "that the accuracy gate needs; dynamic-* are onnxruntime.quantization's dynamic "
+            "plans, whose vectors depend on the batch (served only with --precision int8). "
+            "Figures: bench/export_speed.py"
+        ),
     )
     p.add_argument(
         "--pooling",

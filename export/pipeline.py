@@ -107,14 +107,22 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
     (root / "fp32").mkdir()
     entries: dict[str, dict[str, Any]] = {}
     fusions = variants.optimize_for_cpu(raw, root / "fp32" / "encoder.onnx")
-    entries["fp32"] = {"precision": "fp32", "encoder": "fp32/encoder.onnx", "fusions": fusions}
+    entries["fp32"] = {
+        "precision": "fp32",
+        "encoder": "fp32/encoder.onnx",
+        "fusions": fusions,
+        "batch_invariant": True,
+    }
     advance("fp32 optimized")
     if "int8" in options.precisions:
         fp32_graph = root / "fp32" / "encoder.onnx"
         search_log: list[dict[str, Any]] = []
-        if options.quantization == variants.AUTO:
+        if options.quantization in (variants.AUTO, variants.DYNAMIC_AUTO):
             scorer = parity.calibration_scorer(source, fp32_graph, pooling)
-            plan, search_log = variants.search_int8_plan(fp32_graph, scorer)
+            activations = (
+                variants.PER_ROW if options.quantization == variants.AUTO else variants.PER_TENSOR
+            )
+            plan, search_log = variants.search_int8_plan(fp32_graph, scorer, activations)
         else:
             plan = variants.QUANT_PRESETS[options.quantization]
         (root / "int8").mkdir()
@@ -124,6 +132,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
             "precision": "int8",
             "encoder": "int8/encoder.onnx",
             "fusions": variants.fusions_in(int8_graph),
+            "batch_invariant": plan.batch_invariant,
             "quantization": {
                 "preset": options.quantization,
                 "plan": plan.describe(),
@@ -140,6 +149,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
             "precision": "fp16",
             "encoder": "fp16/encoder.onnx",
             "fusions": variants.fusions_in(fp16_graph),
+            "batch_invariant": True,  # no batch statistics; GPU kernels may differ in rounding
         }
         advance("fp16 converted")
     raw.unlink()

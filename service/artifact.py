@@ -50,6 +50,9 @@ class VariantEntry(_Loose):
     nsp_head: str | None = None
     rejected: StrictBool = False
     parity: dict[str, Any] = Field(default_factory=dict)
+    # whether a sentence's vector is independent of its batch; artifacts from before the
+    # field existed quantized int8 per batch, hence the precision-based default
+    batch_invariant: StrictBool | None = None
 
 
 class Manifest(_Loose):
@@ -82,6 +85,7 @@ class Variant:
     nsp_head: Path | None
     rejected: bool
     parity: dict[str, Any]
+    batch_invariant: bool
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,9 @@ def load_artifact(root: Path, verify: bool = True) -> Artifact:
             hashed(entry.nsp_head, f"variant {name}'s NSP head"),
             entry.rejected,
             dict(entry.parity),
+            entry.batch_invariant
+            if entry.batch_invariant is not None
+            else entry.precision != "int8",
         )
     return Artifact(
         root, manifest.model_dump(mode="json"), variants, tokenizer_path, tokenizer_json

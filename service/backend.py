@@ -24,6 +24,7 @@ Floats = npt.NDArray[np.float32]
 
 class Backend(Protocol):
     precision: str
+    batch_invariant: bool  # an input's outputs do not depend on the rest of its batch
     provider: str
     has_pooler: bool
     has_mlm: bool
@@ -47,8 +48,9 @@ class Backend(Protocol):
 def choose_variant(
     artifact: Artifact, device: str, precision: str | None, available: list[str]
 ) -> tuple[Variant, str]:
-    """Returns (variant, provider). CUDA + fp16 when a GPU is usable, else CPU + int8, else fp32;
-    a rejected variant is only served when asked for by name."""
+    """Returns (variant, provider). CUDA + fp16 when a GPU is usable, else CPU + int8, else fp32.
+    A rejected variant, or one whose vectors depend on the batch (dynamically quantized int8),
+    is only served when asked for by name."""
     cuda_ok = "CUDAExecutionProvider" in available
     if device == "cuda" and not cuda_ok:
         raise ArtifactError(
@@ -66,12 +68,25 @@ def choose_variant(
             log.warning(
                 "serving %s although it missed its parity gate: %s", precision, variant.parity
             )
+        if not variant.batch_invariant:
+            log.warning(
+                "serving %s, whose vectors depend on the other inputs in their batch", precision
+            )
         return variant, provider
     order = ["fp16", "fp32"] if provider.startswith("CUDA") else ["int8", "fp32"]
     for name in order:
         variant_or_none = artifact.variants.get(name)
-        if variant_or_none is not None and not variant_or_none.rejected:
-            return variant_or_none, provider
+        if variant_or_none is None or variant_or_none.rejected:
+            continue
+        if not variant_or_none.batch_invariant:
+            log.info(
+                "not serving %s by default: its vectors depend on the batch (re-export with "
+                "bert-export's default --quantization, or pass --precision %s)",
+                name,
+                name,
+            )
+            continue
+        return variant_or_none, provider
     raise ArtifactError("the artifact has no variant that passed its parity gate")
 
 
@@ -87,6 +102,7 @@ class OnnxBackend:
             artifact, device, precision, ort.get_available_providers()
         )
         self.precision = variant.precision
+        self.batch_invariant = variant.batch_invariant
         self.provider = provider
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -277,7 +277,6 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
         ours = version("bertserve")
     except PackageNotFoundError:
         ours = "dev"
-    manifest = engine.artifact.manifest
     return {
         "model": engine.model_name,
         "precision": engine.backend.precision,
@@ -292,8 +291,10 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
             "fill_mask": engine.backend.has_mlm,
             "next_sentence": engine.backend.has_nsp,
         },
+        "batch_invariant": engine.backend.batch_invariant,
         "variants": {
-            name: {"rejected": v.get("rejected", False)} for name, v in manifest["variants"].items()
+            name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}
+            for name, v in engine.artifact.variants.items()
         },
         "limits": {
             name: getattr(settings, name)

@@ -84,8 +84,28 @@ def test_manifest_records_variants_fusions_and_parity(tiny_artifact):
     assert fp32["parity"]["max_abs_diff"] <= 1e-4 and fp32["parity"]["min_cosine"] >= 0.99999
     int8 = manifest["variants"]["int8"]
     assert "fill_mask_top1" in int8["parity"] and "quantization" in int8
+    assert int8["batch_invariant"] is True and fp32["batch_invariant"] is True
+    assert int8["fusions"].get("MatMulIntegerToFloat") == 12  # every projection, 2 layers
     for relative, digest in manifest["files"].items():
         assert (tiny_artifact / relative).is_file() and len(digest) == 64
+
+
+def test_a_batch_dependent_int8_is_recorded_and_served_only_when_asked(
+    trained_checkpoint, tmp_path, caplog
+):
+    from bertserve.service.backend import choose_variant
+
+    out = tmp_path / "dynamic"
+    options = ExportOptions(("fp32", "int8"), "dynamic-per-channel", progress=False)
+    manifest = export_artifact(trained_checkpoint, out, options)
+    assert manifest["variants"]["int8"]["batch_invariant"] is False
+    assert "dynamic" in manifest["variants"]["int8"]["quantization"]["plan"]
+    artifact = load_artifact(out)
+    cpu = ["CPUExecutionProvider"]
+    assert choose_variant(artifact, "cpu", None, cpu)[0].name == "fp32"
+    with caplog.at_level("WARNING", logger="bertserve"):
+        assert choose_variant(artifact, "cpu", "int8", cpu)[0].name == "int8"
+    assert "depend on the other inputs in their batch" in caplog.text
 
 
 def test_tampering_with_one_byte_is_detected(tiny_artifact, tmp_path):
@@ -199,6 +219,25 @@ def test_all_minilm_matches_sentence_transformers_and_default_int8_passes(tmp_pa
     # the default int8 plan (auto) must clear its own gate on the real model: with too easy
     # calibration sentences it once shipped a plan the gate then rejected
     assert not artifact.variants["int8"].rejected
+    # ... and a sentence's int8 vector must not depend on the other sentences in its batch
+    int8 = artifact.variants["int8"]
+    assert int8.batch_invariant
+    encoder = session(int8.encoder)
+    sample = sentences[:64]
+
+    def vectors(texts: list[str]) -> np.ndarray:
+        batch = encode(source, texts, artifact.max_seq_len)  # padded to the longest
+        hidden = encoder.run(["last_hidden_state"], batch.arrays)[0]
+        return l2_normalize(pool(hidden, batch.arrays["attention_mask"], "mean"))
+
+    alone = np.concatenate([vectors([t]) for t in sample])
+    shuffled = np.random.default_rng(0).permutation(64)
+    in_eights = np.zeros_like(alone)
+    for start in range(0, 64, 8):
+        rows = shuffled[start : start + 8]
+        in_eights[rows] = vectors([sample[r] for r in rows])
+    assert np.abs(vectors(sample) - alone).max() <= 1e-5
+    assert np.abs(in_eights - alone).max() <= 1e-5
 
 
 @pytest.mark.parametrize("case", ["empty", "not_bert", "truncated", "missing_tokenizer"])

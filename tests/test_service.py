@@ -34,7 +34,14 @@ class CountingBackend:
         self.calls = 0
         self.fail_next = 0
         self.delay_s = 0.0
-        for name in ("precision", "provider", "has_pooler", "has_mlm", "has_nsp"):
+        for name in (
+            "precision",
+            "batch_invariant",
+            "provider",
+            "has_pooler",
+            "has_mlm",
+            "has_nsp",
+        ):
             setattr(self, name, getattr(inner, name))
 
     def encode(self, ids: Any, mask: Any, types: Any) -> Any:
@@ -60,7 +67,8 @@ def serve(
 ) -> None:
     """Runs `test` against the app (lifespan included) over an in-process ASGI transport."""
     artifact = load_artifact(artifact_dir)
-    settings = Settings(model=artifact_dir, precision="fp32", threads=2, **overrides)
+    overrides.setdefault("precision", "fp32")
+    settings = Settings(model=artifact_dir, threads=2, **overrides)
     backend = CountingBackend(OnnxBackend(artifact, "cpu", settings.precision, 2))
     app = create_app(settings, backend, artifact)
 
@@ -129,7 +137,8 @@ def test_split_by_padding_bounds_padding_and_keeps_every_sequence():
 
 
 # -- batching invariants ------------------------------------------------------------------------
-def test_batched_embeddings_equal_single_ones(tiny_artifact):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_batched_embeddings_equal_single_ones(tiny_artifact, precision):
     sentences = sts_sentences(50)
 
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
@@ -149,7 +158,8 @@ def test_batched_embeddings_equal_single_ones(tiny_artifact):
             alone = pool(hidden, np.ones((1, len(tokens.ids)), np.int64), "mean")[0]
             assert np.abs(got - alone).max() <= 1e-5
 
-    serve(tiny_artifact, check, max_wait_ms=20)
+    assert load_artifact(tiny_artifact).variants[precision].batch_invariant
+    serve(tiny_artifact, check, max_wait_ms=20, precision=precision)
 
 
 def app_text(artifact_dir: Path) -> Any:
@@ -239,6 +249,8 @@ def test_every_route_happy_path(tiny_artifact):
             "next_sentence": True,
         }
         assert info["limits"]["max_inputs"] == 256 and info["precision"] == "fp32"
+        assert info["batch_invariant"] is True
+        assert info["variants"]["int8"] == {"rejected": False, "batch_invariant": True}
         assert (await client.get("/docs")).status_code == 200
 
     serve(tiny_artifact, check)
