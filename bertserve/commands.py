@@ -9,6 +9,10 @@ import importlib.util
 # command -> (extra, modules that extra installs and the command imports)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bert-pretrain": ("train", ("torch", "tokenizers", "safetensors", "numpy", "tqdm")),
+    "bert-finetune": (
+        "train",
+        ("torch", "tokenizers", "safetensors", "numpy", "tqdm", "scipy", "matplotlib"),
+    ),
     "bert-export": ("export", ("torch", "tokenizers", "safetensors", "onnx", "onnxruntime")),
 }
 

@@ -73,6 +73,7 @@ def test_serve_extra_alone_runs_bert_serve_without_torch(tmp_path, tiny_artifact
     # the other commands are on PATH too: one line naming the extra they need, not a traceback
     for command, extra, args in (
         ("bert-pretrain", "train", ["--max-steps", "1"]),
+        ("bert-finetune", "train", ["--from", "a", "--train", "b", "--out", "c"]),
         ("bert-export", "export", ["in", "out"]),
     ):
         result = subprocess.run(

@@ -1,0 +1,241 @@
+"""bert-finetune: learns a task, writes a folder transformers loads strictly with equal logits,
+resumes exactly after SIGKILL, and refuses bad input with one line and nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+_CHECKPOINT: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vocabulary_of(trained_checkpoint: Path) -> None:
+    _CHECKPOINT[:] = [trained_checkpoint]
+
+
+def _whole_words() -> list[str]:
+    """Words that the fixture checkpoint's vocabulary keeps whole (one token each)."""
+    from tokenizers import Tokenizer
+
+    vocab = json.loads(Tokenizer.from_file(str(_CHECKPOINT[0] / "tokenizer.json")).to_str())
+    words = vocab["model"]["vocab"]
+    return sorted(w for w in words if w.isalpha() and len(w) >= 4 and w.isascii())[:400]
+
+
+def _pairs(count: int, seed: int) -> list[tuple[str, str, str]]:
+    """(a, b, label): "yes" when b holds the cue word, "no" when it holds the other one."""
+    cue, other, *pool = _whole_words()
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        a = " ".join(rng.choice(pool) for _ in range(3))
+        words = [rng.choice(pool) for _ in range(3)]
+        has_cue = i % 2 == 0
+        words.insert(rng.randrange(len(words) + 1), cue if has_cue else other)
+        rows.append((a, " ".join(words), "yes" if has_cue else "no"))
+    return rows
+
+
+def _write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _finetune(*args: str, check: bool = True, timeout: float = 300):  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress", *args]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+PAIR_ARGS = ("--text-a", "premise", "--text-b", "hypothesis", "--label", "label")
+FAST = ("--lr", "3e-3", "--batch-size", "16", "--max-seq-len", "64", "--warmup-fraction", "0.1")
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("task")
+    header = ("premise", "hypothesis", "label")
+    train = _write_csv(folder / "train.csv", _pairs(320, 1), header)
+    evaluation = _write_csv(folder / "eval.csv", _pairs(80, 2), header)
+    return train, evaluation
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained_checkpoint: Path, task_files, tmp_path_factory) -> Path:
+    train, evaluation = task_files
+    out = tmp_path_factory.mktemp("finetuned") / "clf"
+    _finetune(
+        "--from", str(trained_checkpoint), "--train", str(train), "--eval", str(evaluation),
+        "--out", str(out), *PAIR_ARGS, *FAST, "--epochs", "6", "--class-weights", "1,2",
+    )  # fmt: skip
+    return out
+
+
+def test_a_pair_task_is_learned_and_reported(finetuned):
+    report = json.loads((finetuned / "eval_report.json").read_text())
+    assert report["labels"] == ["no", "yes"]  # sorted, stable
+    assert report["accuracy"] >= 0.9, report
+    assert {"macro_f1", "per_class", "confusion_matrix", "weighted_accuracy"} <= set(report)
+    assert np.array(report["confusion_matrix"]).sum() == 80
+    config = json.loads((finetuned / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "no", "1": "yes"}
+    assert config["problem_type"] == "single_label_classification"
+    rows = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert len(evals) == 6  # every epoch end
+    best = max(evals, key=lambda r: r["weighted_accuracy"])  # class weights pick the best
+    assert report["step"] == best["step"]
+    assert (finetuned / "report.png").stat().st_size > 1000
+
+
+def test_transformers_loads_the_folder_strictly_with_equal_logits(finetuned):
+    transformers = pytest.importorskip("transformers")
+    from bertserve.training.classifier import load_classifier
+    from bertserve.training.finetune import collate, encode
+    from bertserve.training.task_data import Examples
+    from bertserve.training.tokenizer import load_tokenizer
+
+    theirs, info = transformers.BertForSequenceClassification.from_pretrained(
+        str(finetuned), output_loading_info=True
+    )
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ours = load_classifier(finetuned).eval()
+    theirs.eval()
+    examples = Examples(
+        ["the river flows", "a violin"], ["children swim", "bees"], ["no"] * 2, [1, 2]
+    )
+    batch = collate(encode(load_tokenizer(finetuned), examples, 32), 0)
+    with torch.no_grad():
+        expected = theirs(**batch).logits
+        got = ours(**batch)
+    assert torch.abs(got - expected).max() <= 1e-5
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(finetuned))
+    encoded = hf_tokenizer(["the river flows"], ["children swim"])
+    assert encoded["input_ids"][0] == batch["input_ids"][0][: len(encoded["input_ids"][0])].tolist()
+
+
+def _train_losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_sigkill_then_resume_repeats_the_losses(trained_checkpoint, task_files, tmp_path):
+    train, evaluation = task_files
+    common = (
+        "--from", str(trained_checkpoint), "--train", str(train), "--eval", str(evaluation),
+        *PAIR_ARGS, *FAST, "--epochs", "2", "--eval-every", "5",
+    )  # fmt: skip
+    whole = tmp_path / "whole"
+    _finetune(*common, "--out", str(whole))
+    expected = _train_losses(whole)
+    assert sorted(expected) == list(range(1, 41))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress"]
+    proc = subprocess.Popen(
+        [*cmd, *common, "--out", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ},
+    )  # fmt: skip
+    state = killed / "last" / "training_state.pt"
+    deadline = time.monotonic() + 120
+    while not (state.exists() and len(_train_losses(killed)) >= 12):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_train_losses(killed)) < 40, "the kill came too late to test resume"
+
+    _finetune("--resume", "--out", str(killed))
+    resumed = _train_losses(killed)
+    assert sorted(resumed) == list(range(1, 41))
+    for step in range(1, 41):
+        assert abs(resumed[step] - expected[step]) <= 1e-6, (step, resumed[step], expected[step])
+    report = json.loads((killed / "eval_report.json").read_text())
+    assert report == json.loads((whole / "eval_report.json").read_text())
+
+
+def test_regression_reads_sts_style_tsv_without_header(trained_checkpoint, tmp_path):
+    rng = random.Random(3)
+    lines = []
+    for i in range(120):
+        a = " ".join(rng.choice(_whole_words()) for _ in range(5))
+        score = (i % 6) * 1.0
+        lines.append(f'main\tMSRvid\t2012\t{i:04d}\t{score:.3f}\t{a} "quoted\t{a[::-1]}')
+    path = tmp_path / "sts-train.csv"  # tab-separated despite the name, no quoting, no header
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "sts"
+    _finetune(
+        "--from", str(trained_checkpoint), "--train", str(path), "--out", str(out),
+        "--delimiter", "tab", "--no-header", "--text-a", "5", "--text-b", "6", "--label", "4",
+        "--task", "regression", "--epochs", "1", *FAST,
+    )  # fmt: skip
+    report = json.loads((out / "eval_report.json").read_text())
+    assert {"pearson", "spearman", "mse"} <= set(report) and report["examples"] == 12
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "regression" and config["num_labels"] == 1
+
+
+BAD_CASES = {
+    "missing column": ("header", "--label", "gold", "no column 'gold'"),
+    "a single label": ("single", "--label", "label", "a classifier needs two or more"),
+    "empty file": ("empty", "--label", "label", "is empty"),
+    "eval label unseen": ("unseen", "--label", "label", "which the training data does not have"),
+    "non-numeric target": ("text_target", "--label", "label", "not a number"),
+    "unreadable row": ("bad_json", "--label", "label", "line 3 is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(trained_checkpoint, tmp_path, case):
+    kind, flag, column, message = BAD_CASES[case]
+    header = ("premise", "hypothesis", "label")
+    good = _pairs(20, 5)
+    train = tmp_path / "train.csv"
+    extra: tuple[str, ...] = ()
+    if kind == "header":
+        _write_csv(train, good, header)
+    elif kind == "single":
+        _write_csv(train, [(a, b, "yes") for a, b, _ in good], header)
+    elif kind == "empty":
+        train.write_text("")
+    elif kind == "unseen":
+        _write_csv(train, good, header)
+        extra = ("--eval", str(_write_csv(tmp_path / "eval.csv", [("a", "b", "maybe")], header)))
+    elif kind == "text_target":
+        _write_csv(train, [(a, b, "high") for a, b, _ in good], header)
+        extra = ("--task", "regression")
+    elif kind == "bad_json":
+        train = tmp_path / "train.jsonl"
+        rows = [json.dumps({"premise": a, "hypothesis": b, "label": y}) for a, b, y in good]
+        rows[2] = '{"premise": "unterminated'
+        train.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = _finetune(
+        "--from", str(trained_checkpoint), "--train", str(train), "--out", str(out),
+        "--text-a", "premise", "--text-b", "hypothesis", flag, column, *extra, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bert-finetune: error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert not out.exists()

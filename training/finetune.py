@@ -1,0 +1,422 @@
+"""`bert-finetune`'s loop: any BERT folder + labelled rows -> a BertForSequenceClassification.
+
+The standard recipe: pooled [CLS] -> dropout -> linear head, AdamW with linear warmup and linear
+decay, cross-entropy (class-weighted with --class-weights) or MSE for regression. Evaluation at
+every epoch end and every --eval-every steps; the best checkpoint by the headline metric
+(task_report.headline) is what OUT holds, written file by file atomically. OUT/last holds the
+latest state for --resume: the data order is a function of (seed, epoch) and dropout is
+reseeded from (seed, step), so a resumed run repeats the losses of an unbroken one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
+from .io import write_text_atomic
+from .task_data import (
+    Columns,
+    Examples,
+    TaskDataError,
+    class_ids,
+    float_targets,
+    hold_out,
+    label_names,
+    read_examples,
+)
+from .task_report import classification_report, headline, plot_report, regression_report
+from .tokenizer import load_tokenizer, save_tokenizer
+
+MARKER = "finetune_config.json"
+LAST = "last"  # OUT/last: the latest weights and training state, for --resume
+REPORT = "eval_report.json"
+_OWN = {
+    MARKER,
+    LAST,
+    REPORT,
+    "config.json",
+    "model.safetensors",
+    "metrics.jsonl",
+    "report.png",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
+
+
+@dataclass
+class FinetuneConfig:
+    model: str  # the BERT folder to start from
+    train: str
+    out: str
+    text_a: str  # column (name or 0-based index); the only text for single-text tasks
+    label: str
+    text_b: str | None = None  # the second text of a pair
+    eval: str | None = None
+    task: str = "classification"  # or "regression"
+    labels: list[str] | None = None  # class order; default: sorted labels of the train file
+    delimiter: str | None = None  # default: from the extension
+    header: bool = True
+    eval_fraction: float = 0.1  # held out of --train when no --eval is given
+    epochs: float = 3.0
+    time_budget_s: float | None = None
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_seq_len: int = 128
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float | None = None  # the head's; default: the model's hidden dropout
+    class_weights: list[float] | None = None  # per class, in label order
+    eval_every: int | None = None  # steps, besides every epoch end
+    seed: int = 0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+class FinetuneError(ValueError):
+    """Settings or folders a fine-tuning run cannot start with."""
+
+
+@dataclass
+class Task:
+    labels: list[str]
+    problem_type: str
+    train: Examples
+    eval: Examples
+    train_targets: np.ndarray  # (N,) int64 class ids or float32 scores
+    eval_targets: np.ndarray
+    weights: np.ndarray | None  # (C,) class weights
+
+
+def load_task(cfg: FinetuneConfig) -> Task:
+    """Reads and checks both files; raises TaskDataError before anything is written."""
+    columns = Columns(cfg.text_a, cfg.text_b, cfg.label)
+    train_path = Path(cfg.train)
+    train = read_examples(train_path, columns, cfg.delimiter, cfg.header)
+    if cfg.eval is not None:
+        eval_path = Path(cfg.eval)
+        evaluation = read_examples(eval_path, columns, cfg.delimiter, cfg.header)
+    else:
+        eval_path = train_path
+        keep, held = hold_out(len(train), cfg.eval_fraction, cfg.seed)
+        train, evaluation = train.subset(keep), train.subset(held)
+    if cfg.task == REGRESSION:
+        return Task(
+            [cfg.label if not cfg.label.isdigit() else "score"],
+            REGRESSION,
+            train,
+            evaluation,
+            float_targets(train, train_path),
+            float_targets(evaluation, eval_path),
+            None,
+        )
+    labels = label_names(train, cfg.labels, train_path)
+    weights = None
+    if cfg.class_weights is not None:
+        if len(cfg.class_weights) != len(labels):
+            raise TaskDataError(
+                f"--class-weights has {len(cfg.class_weights)} values for {len(labels)} labels "
+                f"({', '.join(labels)})"
+            )
+        weights = np.asarray(cfg.class_weights, dtype=np.float32)
+    return Task(
+        labels,
+        SINGLE_LABEL,
+        train,
+        evaluation,
+        class_ids(train, labels, train_path),
+        class_ids(evaluation, labels, eval_path),
+        weights,
+    )
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """OUT is new or empty; a previous run there needs --resume or --overwrite; a folder with
+    anything else in it is refused (nothing is deleted that this command did not write)."""
+    if out.exists() and not out.is_dir():
+        raise FinetuneError(f"--out {out} exists and is not a folder")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    is_run = MARKER in names
+    if resume:
+        if not (out / LAST / ckpt.STATE_FILE).is_file():
+            raise FinetuneError(f"--resume: {out} holds no saved state ({LAST}/) to resume from")
+        return
+    if not names:
+        return
+    foreign = [n for n in names if n not in _OWN and not n.endswith(".tmp")]
+    if not is_run or foreign:
+        shown = ", ".join((foreign or names)[:4])
+        raise FinetuneError(
+            f"--out {out} holds files that are not a bert-finetune run ({shown}); choose a new "
+            "or empty folder"
+        )
+    if not overwrite:
+        raise FinetuneError(
+            f"--out {out} already holds a run; continue it with --resume, or start over with "
+            "--overwrite"
+        )
+    for name in names:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def encode(tokenizer: Tokenizer, examples: Examples, max_len: int) -> list[list[int]]:
+    """Token ids per example ([CLS] A [SEP] B [SEP]), type ids packed alongside: pairs are
+    truncated longest-first, as transformers does."""
+    tokenizer.enable_truncation(max_len, strategy="longest_first")
+    try:
+        encodings = tokenizer.encode_batch(examples.inputs())
+    finally:
+        tokenizer.no_truncation()
+    return [list(zip(e.ids, e.type_ids, strict=True)) for e in encodings]  # type: ignore[misc]
+
+
+def collate(rows: list[list[tuple[int, int]]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    types = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor([t for t, _ in row])
+        types[i, : len(row)] = torch.tensor([s for _, s in row])
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def loss_of(
+    logits: torch.Tensor, targets: torch.Tensor, problem: str, weights: torch.Tensor | None
+) -> torch.Tensor:
+    if problem == REGRESSION:
+        return F.mse_loss(logits.squeeze(-1), targets)
+    return F.cross_entropy(logits, targets, weight=weights)
+
+
+@torch.no_grad()
+def predict(
+    model: BertForSequenceClassification, rows: list[list[tuple[int, int]]], pad: int
+) -> np.ndarray:
+    """(N, C) logits, in batches of 64 sorted by length (less padding)."""
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out = np.zeros((len(rows), model.classifier.out_features), dtype=np.float32)
+    for start in range(0, len(order), 64):
+        pick = order[start : start + 64]
+        out[pick] = model(**collate([rows[i] for i in pick], pad)).numpy()
+    model.train()
+    return out
+
+
+def report(task: Task, logits: np.ndarray) -> dict[str, Any]:
+    if task.problem_type == REGRESSION:
+        return regression_report(logits[:, 0], task.eval_targets)
+    return classification_report(
+        logits.argmax(axis=1), task.eval_targets, task.labels, task.weights
+    )
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warmup over the first `warmup` of the run, then linear decay to 0."""
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1 - progress) / max(1e-9, 1 - warmup))
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    out = Path(cfg.out)
+    task = load_task(cfg)
+    source = Path(cfg.model)
+    torch.manual_seed(cfg.seed)  # the fresh head's initial weights
+    model, fresh = from_pretrained(source, task.labels, task.problem_type, cfg.dropout)
+    tokenizer = load_tokenizer(source)
+    lowercase = _lowercase(source)
+    if cfg.max_seq_len > model.config.max_position_embeddings:
+        raise FinetuneError(
+            f"--max-seq-len {cfg.max_seq_len} exceeds the model's "
+            f"{model.config.max_position_embeddings} positions"
+        )
+    pad = tokenizer.token_to_id("[PAD]") or 0
+    check_out(out, resume, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text_atomic(out / MARKER, cfg.to_json())
+    print(
+        f"task: {task.problem_type}, {len(task.train)} training and {len(task.eval)} evaluation "
+        f"examples" + ("" if task.problem_type == REGRESSION else f", labels {task.labels}")
+    )
+    if fresh:
+        print(f"initialized fresh: {', '.join(sorted({n.rsplit('.', 1)[0] for n in fresh}))}")
+    train_rows = encode(tokenizer, task.train, cfg.max_seq_len)
+    eval_rows = encode(tokenizer, task.eval, cfg.max_seq_len)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=cfg.lr,
+        eps=1e-8,
+    )
+    per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * per_epoch))
+    step, elapsed, best = 0, 0.0, -math.inf
+    if resume:
+        state = ckpt.load_training_state(out / LAST / ckpt.STATE_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        best = float(state["data"]["best"])
+        print(f"resuming {out} at step {step} of {total}")
+    targets = torch.from_numpy(task.train_targets)
+    class_weights = None if task.weights is None else torch.from_numpy(task.weights)
+    metrics_path = out / "metrics.jsonl"
+    _trim_metrics(metrics_path, step if resume else None)
+
+    def progress_of(at_step: int, seconds: float) -> float:
+        by_steps = at_step / total
+        by_time = seconds / cfg.time_budget_s if cfg.time_budget_s else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def evaluate_and_keep(log: Any) -> None:
+        nonlocal best
+        figures = report(task, predict(model, eval_rows, pad))
+        name, value = headline(figures)
+        record = {"split": "eval", "step": step, "epoch": step / per_epoch, **_flat(figures)}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        improved = value > best
+        if improved:
+            best = value
+            model.save(out)
+            save_tokenizer(tokenizer, out, lowercase, cfg.max_seq_len)
+            write_text_atomic(out / REPORT, json.dumps({"step": step, **figures}, indent=2) + "\n")
+        bar.write(
+            f"step {step}: eval {name} {value:.4f}" + (" (best so far, saved)" if improved else "")
+        )
+        _save_last(out, model, optimizer, step, elapsed, best)
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="finetune", unit="step", disable=not cfg.progress)
+    running: list[float] = []
+    started = time.monotonic() - elapsed
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        while step < total:
+            elapsed = time.monotonic() - started
+            if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+                break
+            epoch, position = divmod(step, per_epoch)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_rows))
+            pick = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+            batch = collate([train_rows[i] for i in pick], pad)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
+            factor = lr_factor(progress_of(step, elapsed), cfg.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            logits = model(**batch)
+            loss = loss_of(logits, targets[pick], task.problem_type, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            running.append(float(loss.detach()))
+            record: dict[str, Any] = {"split": "train", "step": step, "loss": running[-1]}
+            record["lr"] = cfg.lr * factor
+            if task.problem_type != REGRESSION:
+                hits = (logits.argmax(dim=1) == targets[pick]).float().mean()
+                record["accuracy"] = float(hits)
+            log.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", epoch=f"{step / per_epoch:.2f}")
+            elapsed = time.monotonic() - started
+            if step % per_epoch == 0 or (cfg.eval_every and step % cfg.eval_every == 0):
+                evaluate_and_keep(log)
+        if step == 0 or not (out / REPORT).is_file() or _last_eval_step(metrics_path) != step:
+            evaluate_and_keep(log)
+    bar.close()
+    final = json.loads((out / REPORT).read_text())
+    plot_report(metrics_path, final, out / "report.png")
+    name, value = headline(final)
+    print(f"best eval {name} {value:.4f} at step {final['step']}; model in {out}")
+    return out
+
+
+def _save_last(
+    out: Path,
+    model: BertForSequenceClassification,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    elapsed: float,
+    best: float,
+) -> None:
+    """Weights and optimizer in one file, written atomically, so a kill never pairs the
+    weights of one step with the optimizer of another."""
+    last = out / LAST
+    last.mkdir(exist_ok=True)
+    ckpt.save_training_state(
+        last / ckpt.STATE_FILE,
+        {
+            "model": ckpt.weights_to_save(model),
+            "step": step,
+            "elapsed": elapsed,
+            "world_size": 1,
+            "optimizer": optimizer.state_dict(),
+            "data": {"best": best},
+        },
+    )
+
+
+def _trim_metrics(path: Path, keep_through_step: int | None) -> None:
+    if keep_through_step is None:
+        path.unlink(missing_ok=True)
+        return
+    if path.is_file():
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= keep_through_step
+        ]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _last_eval_step(path: Path) -> int | None:
+    steps = [
+        json.loads(line)["step"]
+        for line in path.read_text().splitlines()
+        if line.strip() and '"split": "eval"' in line
+    ]
+    return steps[-1] if steps else None
+
+
+def _flat(figures: dict[str, Any]) -> dict[str, Any]:
+    """The scalar figures of a report (per-class tables stay in eval_report.json)."""
+    return {k: v for k, v in figures.items() if isinstance(v, int | float)}
+
+
+def _lowercase(source: Path) -> bool:
+    config = source / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+        except ValueError:
+            pass
+    return True
