@@ -4,6 +4,7 @@ encoder.onnx   input_ids, attention_mask, token_type_ids: int64 [batch, seq]
                -> last_hidden_state [batch, seq, hidden], pooler_output [batch, hidden]
 mlm_head.onnx  hidden [n, hidden] -> logits [n, vocab]   (only the masked positions)
 nsp_head.onnx  pooled [batch, hidden] -> logits [batch, 2]
+classifier.onnx pooled [batch, hidden] -> logits [batch, labels]   (a sequence classifier)
 """
 
 from __future__ import annotations
@@ -114,6 +115,21 @@ def export_mlm_head(model: BertForPreTraining, path: Path) -> None:
         ["hidden"],
         ["logits"],
         {"hidden": {0: "n"}, "logits": {0: "n"}},
+    )
+
+
+@torch.no_grad()
+def export_classifier_head(head: nn.Linear, path: Path) -> None:
+    """BertForSequenceClassification's head: dropout is identity at inference, so the pooled
+    output goes straight into the linear layer."""
+    pooled = torch.randn(2, head.in_features)
+    _export(
+        head.eval(),
+        (pooled,),
+        path,
+        ["pooled"],
+        ["logits"],
+        {"pooled": {0: "batch"}, "logits": {0: "batch"}},
     )
 
 

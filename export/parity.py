@@ -20,6 +20,14 @@ GATES: dict[str, dict[str, float]] = {
     "fp16": {"min_cosine": 0.999},
     "int8": {"mean_cosine": 0.99, "min_cosine": 0.97, "fill_mask_top1": 0.95},
 }
+# a classifier's head, on top of its variant's gate: fp32 logits as PyTorch's; a quantized
+# variant must keep the predicted class, or a regression score within 0.02
+CLASSIFIER_GATES: dict[str, dict[str, float]] = {
+    "fp32": {"classifier_max_abs_diff": 1e-4},
+    "fp16": {"classifier_argmax_agreement": 0.99, "regression_max_abs_diff": 0.02},
+    "int8": {"classifier_argmax_agreement": 0.99, "regression_max_abs_diff": 0.02},
+}
+_AT_MOST = ("max_abs_diff", "classifier_max_abs_diff", "regression_max_abs_diff")
 
 
 @dataclass
@@ -115,6 +123,7 @@ class ReferenceBatch:
     hidden: np.ndarray  # (B, T, H) PyTorch last_hidden_state
     pooled: np.ndarray  # (B, H) PyTorch pooler output
     nsp_logits: np.ndarray | None  # (B, 2)
+    class_logits: np.ndarray | None  # (B, C) the sequence classifier's
     masked: Batch | None  # the batch with every 6th real token replaced by [MASK]
     mask_positions: np.ndarray | None  # (n,) flat positions of those masks
     mlm_top1: np.ndarray | None  # (n,) PyTorch's top-1 token at each mask
@@ -137,6 +146,7 @@ def reference(source: Source) -> Reference:
     for batch in parity_batches(source):
         hidden, pooled = model.bert(**batch.torch())
         nsp = model.cls.seq_relationship(pooled).numpy() if source.has_nsp else None
+        classes = source.classifier(pooled).numpy() if source.classifier is not None else None
         masked = positions = top1 = None
         if source.has_mlm and mask_id is not None:
             masked, positions = _masked_copy(batch, mask_id, specials)
@@ -144,7 +154,9 @@ def reference(source: Source) -> Reference:
             rows = masked_hidden.reshape(-1, masked_hidden.shape[-1])[positions]
             top1 = model.cls.predictions(rows).argmax(-1).numpy()
         out.append(
-            ReferenceBatch(batch, hidden.numpy(), pooled.numpy(), nsp, masked, positions, top1)
+            ReferenceBatch(
+                batch, hidden.numpy(), pooled.numpy(), nsp, classes, masked, positions, top1
+            )
         )
     return Reference(out, len(SENTENCES) - len(usable(source, SENTENCES)))
 
@@ -156,9 +168,12 @@ def measure(
     nsp_head: Any | None,
     pooling: str,
     has_pooler: bool,
+    classifier_head: Any | None = None,
+    regression: bool = False,
 ) -> dict[str, float]:
     """Runs one variant's sessions on the parity inputs and compares with `ref`."""
-    max_diff = pooler_diff = nsp_diff = 0.0
+    max_diff = pooler_diff = nsp_diff = class_diff = 0.0
+    agree = compared = 0
     cosines: list[np.ndarray] = []
     top1_hits = top1_total = 0
     for item in ref.batches:
@@ -176,6 +191,11 @@ def measure(
         if nsp_head is not None and pooled is not None and item.nsp_logits is not None:
             logits = nsp_head.run(None, {"pooled": pooled.astype(np.float32)})[0]
             nsp_diff = max(nsp_diff, float(np.abs(logits - item.nsp_logits).max()))
+        if classifier_head is not None and pooled is not None and item.class_logits is not None:
+            logits = classifier_head.run(None, {"pooled": pooled.astype(np.float32)})[0]
+            class_diff = max(class_diff, float(np.abs(logits - item.class_logits).max()))
+            agree += int((logits.argmax(-1) == item.class_logits.argmax(-1)).sum())
+            compared += len(logits)
         if mlm_head is not None and item.masked is not None and item.mlm_top1 is not None:
             h = encoder.run(["last_hidden_state"], item.masked.arrays)[0].astype(np.float32)
             rows = h.reshape(-1, h.shape[-1])[item.mask_positions]
@@ -196,21 +216,26 @@ def measure(
         result["nsp_max_abs_diff"] = nsp_diff
     if mlm_head is not None and top1_total:
         result["fill_mask_top1"] = top1_hits / top1_total
+    if classifier_head is not None and compared:
+        result["classifier_max_abs_diff"] = class_diff
+        if regression:
+            result["regression_max_abs_diff"] = class_diff
+        else:
+            result["classifier_argmax_agreement"] = agree / compared
     return result
 
 
 def failures(precision: str, figures: dict[str, float]) -> list[str]:
     """The gate's verdict: a list of the figures that miss their bound (empty = pass)."""
     missed = []
-    for key, bound in GATES.get(precision, {}).items():
+    gates = {**GATES.get(precision, {}), **CLASSIFIER_GATES.get(precision, {})}
+    for key, bound in gates.items():
         if key not in figures:
             continue
         value = figures[key]
-        ok = value <= bound if key == "max_abs_diff" else value >= bound
-        if not ok:
-            missed.append(
-                f"{key} {value:.6g} (needs {'<=' if key == 'max_abs_diff' else '>='} {bound})"
-            )
+        at_most = key in _AT_MOST
+        if not (value <= bound if at_most else value >= bound):
+            missed.append(f"{key} {value:.6g} (needs {'<=' if at_most else '>='} {bound})")
     return missed
 
 

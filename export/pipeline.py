@@ -153,8 +153,8 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         }
         advance("fp16 converted")
     raw.unlink()
-    mlm = nsp = None
-    if source.has_mlm or source.has_nsp:
+    mlm = nsp = classifier = None
+    if source.has_mlm or source.has_nsp or source.classifier is not None:
         (root / "heads").mkdir()
     if source.has_mlm:
         graphs.export_mlm_head(source.model, root / "heads" / "mlm_head.onnx")
@@ -162,14 +162,20 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
     if source.has_nsp and source.has_pooler:
         graphs.export_nsp_head(source.model, root / "heads" / "nsp_head.onnx")
         nsp = "heads/nsp_head.onnx"
+    if source.classifier is not None:
+        graphs.export_classifier_head(source.classifier, root / "heads" / "classifier.onnx")
+        classifier = "heads/classifier.onnx"
     advance("heads exported")
     write_text_atomic(root / "tokenizer.json", source.tokenizer.to_str())
 
     ref = parity.reference(source)  # PyTorch runs once, whatever the number of variants
     mlm_session = parity.session(root / mlm) if mlm else None
     nsp_session = parity.session(root / nsp) if nsp else None
+    classifier_session = parity.session(root / classifier) if classifier else None
     for name, entry in entries.items():
         entry["mlm_head"], entry["nsp_head"] = mlm, nsp
+        if classifier:
+            entry["classifier_head"] = classifier
         try:
             figures = parity.measure(
                 ref,
@@ -178,6 +184,8 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
                 nsp_session,
                 pooling,
                 source.has_pooler,
+                classifier_session,
+                source.problem_type == "regression",
             )
         except Exception as exc:  # e.g. fp16 kernels missing on this CPU provider
             if name == "fp32":
@@ -190,7 +198,8 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
             )
             continue
         missed = parity.failures(name, figures)
-        entry["parity"] = {**figures, "gate": parity.GATES[name], "passed": not missed}
+        gate = {**parity.GATES[name], **(parity.CLASSIFIER_GATES[name] if classifier else {})}
+        entry["parity"] = {**figures, "gate": gate, "passed": not missed}
         entry["rejected"] = bool(missed)
         if missed and name == "fp32":
             raise ParityError(f"fp32 ONNX does not match PyTorch: {'; '.join(missed)}")
@@ -222,8 +231,10 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
             "pooler": source.has_pooler,
             "fill_mask": mlm is not None,
             "next_sentence": nsp is not None,
+            "classify": classifier is not None,
         },
         "tokenizer": "tokenizer.json",
+        **({"labels": source.labels, "problem_type": source.problem_type} if classifier else {}),
         "opset": graphs.OPSET,
         "files": files,
         "variants": entries,

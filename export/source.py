@@ -41,6 +41,11 @@ class Source:
     max_seq_len: int
     lowercase: bool
     name: str  # shown in the manifest and /info
+    # a BertForSequenceClassification's head (pooled -> logits), its class names in id order
+    # (one name for regression) and transformers' problem_type; None for an encoder
+    classifier: torch.nn.Linear | None = None
+    labels: list[str] | None = None
+    problem_type: str | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -108,7 +113,12 @@ def load_source(path: Path) -> Source:
 
     # A bare BertModel stores its encoder without the "bert." prefix.
     if not any(k.startswith("bert.") for k in state):
-        state = {(k if k.startswith("cls.") else f"bert.{k}"): v for k, v in state.items()}
+        state = {
+            (k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"): v
+            for k, v in state.items()
+        }
+    classifier = _classifier_head(path, raw_config, state)
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = BertForPreTraining(config)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -147,6 +157,9 @@ def load_source(path: Path) -> Source:
     if isinstance(declared, int) and 0 < declared < max_len:
         max_len = declared
     pooling = st_pooling or "mean"  # mean pooling beats [CLS] for an MLM-only encoder
+    if classifier is not None and not has_pooler:
+        raise SourceError(f"{path}: a sequence classifier needs the pooler it was trained on")
+    labels, problem_type = _labels(raw_config) if classifier is not None else (None, None)
     return Source(
         path,
         config,
@@ -160,7 +173,43 @@ def load_source(path: Path) -> Source:
         max_len,
         lowercase,
         path.resolve().name,
+        classifier,
+        labels,
+        problem_type,
     )
+
+
+def _classifier_head(
+    path: Path, raw_config: dict[str, Any], state: dict[str, torch.Tensor]
+) -> torch.nn.Linear | None:
+    """The BertForSequenceClassification head (classifier.weight (C, H), .bias (C,)), if any."""
+    weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+    if weight is None and bias is None:
+        return None
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        raise SourceError(f"{path}: the classifier weights are incomplete or misshapen")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight, "bias": bias})
+    labels, _ = _labels(raw_config)
+    if len(labels) != weight.shape[0]:
+        raise SourceError(
+            f"{path}: config.json names {len(labels)} labels, the classifier has "
+            f"{weight.shape[0]} outputs"
+        )
+    return head.eval()
+
+
+def _labels(raw_config: dict[str, Any]) -> tuple[list[str], str]:
+    """(class names in id order, problem_type) as transformers reads them."""
+    id2label = raw_config.get("id2label") or {}
+    count = int(raw_config.get("num_labels") or len(id2label) or 2)
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
+    problem = raw_config.get("problem_type") or (
+        "regression" if count == 1 else "single_label_classification"
+    )
+    if problem not in ("regression", "single_label_classification"):
+        raise SourceError(f"problem_type {problem!r} is not supported (single-label or regression)")
+    return labels, problem
 
 
 @torch.no_grad()

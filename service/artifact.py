@@ -48,6 +48,7 @@ class VariantEntry(_Loose):
     encoder: str
     mlm_head: str | None = None
     nsp_head: str | None = None
+    classifier_head: str | None = None
     rejected: StrictBool = False
     parity: dict[str, Any] = Field(default_factory=dict)
     # whether a sentence's vector is independent of its batch; artifacts from before the
@@ -67,6 +68,9 @@ class Manifest(_Loose):
     tokenizer: str = "tokenizer.json"
     files: dict[str, str]
     variants: dict[str, VariantEntry] = Field(min_length=1)
+    # a sequence classifier's class names in id order (one name for regression)
+    labels: list[str] | None = Field(None, min_length=1)
+    problem_type: Literal["single_label_classification", "regression"] | None = None
 
 
 def _first_problem(exc: ValidationError) -> str:
@@ -86,6 +90,7 @@ class Variant:
     rejected: bool
     parity: dict[str, Any]
     batch_invariant: bool
+    classifier_head: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,14 @@ class Artifact:
     @property
     def name(self) -> str:
         return str(self.manifest.get("name") or self.root.name)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
+
+    @property
+    def regression(self) -> bool:
+        return self.manifest.get("problem_type") == "regression"
 
 
 def sha256_file(path: Path) -> str:
@@ -206,6 +219,8 @@ def load_artifact(root: Path, verify: bool = True) -> Artifact:
     assert tokenizer_path is not None
     tokenizer_json = _read_tokenizer(tokenizer_path)
     variants = {}
+    if manifest.labels is None and any(v.classifier_head for v in manifest.variants.values()):
+        raise ArtifactError(f"{root}: the manifest has a classifier head but no labels")
     for name, entry in manifest.variants.items():
         encoder = hashed(entry.encoder, f"variant {name}'s encoder")
         assert encoder is not None
@@ -220,6 +235,7 @@ def load_artifact(root: Path, verify: bool = True) -> Artifact:
             entry.batch_invariant
             if entry.batch_invariant is not None
             else entry.precision != "int8",
+            hashed(entry.classifier_head, f"variant {name}'s classifier head"),
         )
     return Artifact(
         root, manifest.model_dump(mode="json"), variants, tokenizer_path, tokenizer_json

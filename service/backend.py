@@ -29,6 +29,7 @@ class Backend(Protocol):
     has_pooler: bool
     has_mlm: bool
     has_nsp: bool
+    has_classifier: bool
 
     def encode(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
@@ -42,6 +43,10 @@ class Backend(Protocol):
 
     def nsp_logits(self, pooled: Floats) -> Floats:
         """(B, H) -> (B, 2); column 0 is IsNext."""
+        ...
+
+    def classifier_logits(self, pooled: Floats) -> Floats:
+        """(B, H) -> (B, C), the sequence classifier's logits (C = 1: a regression score)."""
         ...
 
 
@@ -126,8 +131,10 @@ class OnnxBackend:
         self.has_pooler = "pooler_output" in outputs
         self.mlm = open_session(variant.mlm_head) if variant.mlm_head else None
         self.nsp = open_session(variant.nsp_head) if variant.nsp_head else None
+        self.classifier = open_session(variant.classifier_head) if variant.classifier_head else None
         self.has_mlm = self.mlm is not None
         self.has_nsp = self.nsp is not None and self.has_pooler
+        self.has_classifier = self.classifier is not None and self.has_pooler
 
     def encode(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
@@ -151,3 +158,7 @@ class OnnxBackend:
     def nsp_logits(self, pooled: Floats) -> Floats:
         assert self.nsp is not None
         return np.asarray(self.nsp.run(None, {"pooled": pooled})[0], dtype=np.float32)
+
+    def classifier_logits(self, pooled: Floats) -> Floats:
+        assert self.classifier is not None
+        return np.asarray(self.classifier.run(None, {"pooled": pooled})[0], dtype=np.float32)

@@ -126,6 +126,13 @@ class Engine:
             results.append([(float(row[i]), int(i)) for i in order])
         return results
 
+    async def classify(self, encoded: Sequence[Encoded]) -> Floats:
+        """(B, C) logits of the sequence classifier, from each input's pooled [CLS]."""
+        if not self.backend.has_classifier:
+            raise MissingHead("this model has no classifier head, so /classify is unavailable")
+        pooled = np.stack([e.pooled for e in encoded if e.pooled is not None])  # (B, H)
+        return await self.batcher.run_in_model_thread(self.backend.classifier_logits, pooled)
+
     async def next_sentence(self, encoded: Sequence[Encoded]) -> list[float]:
         if not self.backend.has_nsp:
             raise MissingHead("this model has no next-sentence head")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .engine import Engine, InvalidInput, MissingHead, encode_vector
 from .errors import NotReady, TooLarge
 from .schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
     FillMaskCandidate,
@@ -194,6 +197,53 @@ async def next_sentence(
     )
 
 
+@api.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
+async def classify(body: ClassifyRequest, engine: EngineDep, settings: SettingsDep) -> Response:
+    """A sequence classifier's labels per input, best first: the shape of transformers'
+    text-classification pipeline inside `data[i].labels`; a regression model's `score`."""
+    inputs: list[Any] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+    pairs = [tuple(item) for item in inputs if not isinstance(item, str)]
+    if len(inputs) > settings.max_inputs:
+        raise TooLarge(f"{len(inputs)} inputs exceed max_inputs {settings.max_inputs}")
+    check_inputs([t for item in inputs for t in ([item] if isinstance(item, str) else item)],
+                 settings, "texts")  # fmt: skip
+    if not engine.backend.has_classifier:
+        raise MissingHead("this model has no classifier head, so /classify is unavailable")
+    labels = engine.artifact.labels
+    if body.top_k is not None and body.top_k > len(labels):
+        raise InvalidInput(f"top_k {body.top_k} exceeds the model's {len(labels)} labels")
+    tokenized = engine.text.encode(pairs if pairs else inputs, truncate=True)
+    encoded = await engine.run(tokenized, "/classify")
+    logits = await engine.classify(encoded)  # (B, C)
+    regression = engine.artifact.regression
+    function = body.function_to_apply or ("none" if regression else "softmax")
+    if function == "softmax":
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        scores = shifted / shifted.sum(-1, keepdims=True)
+    elif function == "sigmoid":
+        scores = 1 / (1 + np.exp(-logits))
+    else:
+        scores = logits
+    data = []
+    for index, (row, tokens) in enumerate(zip(scores, tokenized, strict=True)):
+        item: dict[str, Any] = {"index": index}
+        if regression:
+            item["score"] = float(row[0])
+        else:
+            order = np.argsort(-row, kind="stable")[: body.top_k]
+            item["labels"] = [{"label": labels[i], "score": float(row[i])} for i in order]
+        item["truncated"] = tokens.truncated
+        data.append(item)
+    count = sum(len(t.ids) for t in tokenized)
+    return json_response(
+        {
+            "model": engine.model_name,
+            "data": data,
+            "usage": {"prompt_tokens": count, "total_tokens": count},
+        }
+    )
+
+
 @api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
 async def openai_embeddings(
     body: OpenAIEmbeddingRequest, engine: EngineDep, settings: SettingsDep
@@ -290,7 +340,10 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
             "pooler": engine.backend.has_pooler,
             "fill_mask": engine.backend.has_mlm,
             "next_sentence": engine.backend.has_nsp,
+            "classify": engine.backend.has_classifier,
         },
+        "labels": engine.artifact.labels or None,
+        "problem_type": engine.artifact.manifest.get("problem_type"),
         "batch_invariant": engine.backend.batch_invariant,
         "variants": {
             name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}

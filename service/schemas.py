@@ -79,22 +79,63 @@ class FillMaskCandidate(BaseModel):
     sequence: str
 
 
+def _check_pairs(value: list[list[str]], name: str) -> list[list[str]]:
+    if not value:
+        raise ValueError(f"{name} must not be an empty list")
+    for index, pair in enumerate(value):
+        if isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"{name}[{index}] must be [first, second], got {len(pair)} texts")
+        try:
+            _check_texts(pair)
+        except ValueError as exc:
+            raise ValueError(f"{name}[{index}]: {exc}") from None
+    return value
+
+
 class NextSentenceRequest(_Strict):
     pairs: list[list[str]] = Field(description="[first, second] pairs")
 
     @field_validator("pairs")
     @classmethod
     def _pairs(cls, value: list[list[str]]) -> list[list[str]]:
-        if not value:
-            raise ValueError("pairs must not be an empty list")
-        for index, pair in enumerate(value):
-            if len(pair) != 2:
-                raise ValueError(f"pairs[{index}] must be [first, second], got {len(pair)} texts")
-            try:
-                _check_texts(pair)
-            except ValueError as exc:
-                raise ValueError(f"pairs[{index}]: {exc}") from None
-        return value
+        return _check_pairs(value, "pairs")
+
+
+class ClassifyRequest(_Strict):
+    inputs: str | list[str] | list[list[str]] = Field(
+        description="a text, a list of texts, or a list of [first, second] pairs"
+    )
+    top_k: int | None = Field(1, ge=1, description="labels per input, best first; null: all")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None, description="default: softmax for classes, none for a regression score"
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: str | list[str] | list[list[str]]) -> str | list[str] | list[list[str]]:
+        if isinstance(value, str) or not value or isinstance(value[0], str):
+            if not isinstance(value, str) and any(not isinstance(v, str) for v in value):
+                raise ValueError("inputs mixes texts and pairs")
+            return _check_texts(value)  # type: ignore[arg-type]
+        return _check_pairs(value, "inputs")
+
+
+class ClassLabel(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyOut(BaseModel):
+    index: int
+    labels: list[ClassLabel] | None = Field(None, description="classification, best first")
+    score: float | None = Field(None, description="regression")
+    truncated: bool
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    data: list[ClassifyOut]
+    usage: Usage
 
 
 class NextSentenceOut(BaseModel):

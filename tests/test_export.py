@@ -153,6 +153,7 @@ def test_hf_bert_model_folder_exports_fp32_and_fused_fp16(tmp_path):
         "pooler": True,
         "fill_mask": False,
         "next_sentence": False,
+        "classify": False,
     }
     assert manifest["variants"]["fp32"]["parity"]["passed"]
     fp16 = manifest["variants"]["fp16"]

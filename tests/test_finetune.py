@@ -239,3 +239,96 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(trained_checkpoint, tm
     assert len(lines) == 1 and lines[0].startswith("bert-finetune: error: "), result.stderr
     assert message in lines[0], lines[0]
     assert not out.exists()
+
+
+# -- export and /classify ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier_artifact(finetuned: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bertserve.export.pipeline import ExportOptions, export_artifact
+
+    out = tmp_path_factory.mktemp("clf-artifact") / "clf"
+    export_artifact(finetuned, out, ExportOptions(("fp32", "int8"), progress=False))
+    return out
+
+
+def test_export_adds_the_classifier_with_its_gate(classifier_artifact):
+    manifest = json.loads((classifier_artifact / "manifest.json").read_text())
+    assert manifest["capabilities"]["classify"] is True
+    assert manifest["labels"] == ["no", "yes"]
+    assert manifest["problem_type"] == "single_label_classification"
+    fp32, int8 = manifest["variants"]["fp32"], manifest["variants"]["int8"]
+    assert fp32["classifier_head"] == "heads/classifier.onnx"
+    assert fp32["parity"]["classifier_max_abs_diff"] <= 1e-4 and fp32["parity"]["passed"]
+    assert int8["parity"]["classifier_argmax_agreement"] >= 0.99 and not int8["rejected"]
+    assert int8["parity"]["gate"]["classifier_argmax_agreement"] == 0.99
+
+
+def _classify(artifact: Path, requests: list[dict], precision: str = "fp32") -> list:
+    from tests.test_service import serve
+
+    answers: list = []
+
+    async def check(client, backend) -> None:  # type: ignore[no-untyped-def]
+        for body in requests:
+            response = await client.post("/classify", json=body)
+            answers.append((response.status_code, response.json()))
+
+    serve(artifact, check, precision=precision)
+    return answers
+
+
+def test_classify_equals_the_transformers_pipeline(finetuned, classifier_artifact):
+    transformers = pytest.importorskip("transformers")
+    pairs = [list(p[:2]) for p in _pairs(12, 9)]
+    [(status, body)] = _classify(classifier_artifact, [{"inputs": pairs, "top_k": None}])
+    assert status == 200, body
+    pipeline = transformers.pipeline("text-classification", model=str(finetuned), device="cpu")
+    expected = pipeline([{"text": a, "text_pair": b} for a, b in pairs], top_k=None)
+    for ours, theirs in zip(body["data"], expected, strict=True):
+        assert [x["label"] for x in ours["labels"]] == [x["label"] for x in theirs]
+        for a, b in zip(ours["labels"], theirs, strict=True):
+            assert abs(a["score"] - b["score"]) <= 1e-4
+        assert ours["truncated"] is False
+    assert body["usage"]["total_tokens"] > 0
+
+
+def test_classify_options_and_errors(classifier_artifact, tiny_artifact):
+    answers = _classify(
+        classifier_artifact,
+        [
+            {"inputs": "one text"},  # single texts work too; top_k 1 by default
+            {"inputs": [["a b", "c d"]], "function_to_apply": "none", "top_k": 2},
+            {"inputs": [["a b", "c d"]], "top_k": 3},  # more than the labels
+            {"inputs": ["a text", ["a", "pair"]]},  # mixed
+            {"inputs": [["only one"]]},
+            {"inputs": [["x", "y"]] * 257},  # over max_inputs (256)
+            {"inputs": "ok", "function_to_apply": "tanh"},
+        ],
+    )
+    statuses = [status for status, _ in answers]
+    assert statuses == [200, 200, 422, 422, 422, 413, 422], answers
+    assert len(answers[0][1]["data"][0]["labels"]) == 1
+    raw = answers[1][1]["data"][0]["labels"]
+    assert len(raw) == 2 and raw[0]["score"] >= raw[1]["score"]
+    assert "exceeds the model's 2 labels" in json.dumps(answers[2][1])
+    assert "257 inputs exceed max_inputs 256" in json.dumps(answers[5][1])
+    [(status, body)] = _classify(tiny_artifact, [{"inputs": "no head here"}])
+    assert status == 424 and "no classifier head" in json.dumps(body)
+
+
+def test_a_regression_model_is_served_as_a_score(trained_checkpoint, tmp_path):
+    from bertserve.export.pipeline import ExportOptions, export_artifact
+
+    rows = [(a, b, str(i % 5)) for i, (a, b, _) in enumerate(_pairs(60, 4))]
+    train = _write_csv(tmp_path / "train.csv", rows, ("premise", "hypothesis", "score"))
+    out = tmp_path / "reg"
+    _finetune(
+        "--from", str(trained_checkpoint), "--train", str(train), "--out", str(out),
+        *PAIR_ARGS[:4], "--label", "score", "--task", "regression", "--epochs", "1", *FAST,
+    )  # fmt: skip
+    artifact = tmp_path / "reg-artifact"
+    manifest = export_artifact(out, artifact, ExportOptions(("fp32",), progress=False))
+    assert manifest["problem_type"] == "regression" and manifest["labels"] == ["score"]
+    [(status, body)] = _classify(artifact, [{"inputs": [["a b", "c d"], ["e", "f"]]}])
+    assert status == 200, body
+    assert all(set(item) == {"index", "score", "truncated"} for item in body["data"])

@@ -41,6 +41,7 @@ class CountingBackend:
             "has_pooler",
             "has_mlm",
             "has_nsp",
+            "has_classifier",
         ):
             setattr(self, name, getattr(inner, name))
 
@@ -58,6 +59,9 @@ class CountingBackend:
 
     def nsp_logits(self, pooled: Any) -> Any:
         return self.inner.nsp_logits(pooled)
+
+    def classifier_logits(self, pooled: Any) -> Any:
+        return self.inner.classifier_logits(pooled)
 
 
 def serve(
@@ -247,6 +251,7 @@ def test_every_route_happy_path(tiny_artifact):
             "pooler": True,
             "fill_mask": True,
             "next_sentence": True,
+            "classify": False,
         }
         assert info["limits"]["max_inputs"] == 256 and info["precision"] == "fp32"
         assert info["batch_invariant"] is True

