@@ -1,5 +1,6 @@
 """Locust users for bert-serve, weighted like a real mix: mostly single-sentence embeddings,
-some batch and token-level requests, fill-mask and the OpenAI-compatible route.
+some batch and token-level requests, fill-mask, classification and the OpenAI-compatible route
+(fill-mask and classification users first ask /info whether the model has the head).
 
 Sentences come from $BERTSERVE_LOADTEST_SENTENCES (one per line), else the STS Benchmark in
 ../shared/corpora when present, else a built-in list. Set $BERTSERVE_API_KEY if the server
@@ -16,6 +17,7 @@ import random
 from pathlib import Path
 
 from locust import FastHttpUser, between, task
+from locust.exception import StopUser
 
 BUILT_IN = [
     "A man is playing a guitar.",
@@ -100,9 +102,23 @@ class TokenEmbedUser(FastHttpUser):
         )
 
 
-class FillMaskUser(FastHttpUser):
+class CapabilityUser(FastHttpUser):
+    """A user whose route only some models serve: it asks /info first and stops when the
+    model cannot do it (instead of counting 424s as failures)."""
+
+    abstract = True
+    capability = ""
+
+    def on_start(self) -> None:
+        info = self.client.get("/info", headers=HEADERS).json()
+        if not info.get("capabilities", {}).get(self.capability, False):
+            raise StopUser()
+
+
+class FillMaskUser(CapabilityUser):
     weight = 1
     wait_time = between(0.0, 0.1)
+    capability = "fill_mask"
 
     @task
     def fill_mask(self) -> None:
@@ -111,6 +127,18 @@ class FillMaskUser(FastHttpUser):
             json={"inputs": with_mask(random.choice(SHORT)), "top_k": 5},
             headers=HEADERS,
         )
+
+
+class ClassifyUser(CapabilityUser):
+    """A fine-tuned classifier (bert-finetune): sentence pairs."""
+
+    weight = 1
+    wait_time = between(0.0, 0.1)
+    capability = "classify"
+
+    @task
+    def classify(self) -> None:
+        self.client.post("/classify", json={"inputs": [[sentence(), sentence()]]}, headers=HEADERS)
 
 
 class OpenAIUser(FastHttpUser):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -61,9 +62,12 @@ def create_app(
         app.state.batcher = batcher
         app.state.engine = Engine(loaded, model, batcher, metrics)
         metrics.model_info.labels(loaded.name, model.precision, model.provider).set(1)
-        if settings.warmup:
-            tokens = app.state.engine.text.encode(["warm up the model"])
-            await app.state.engine.run(tokens, "warmup")
+        if settings.warmup:  # straight to the model: request deadlines do not apply
+            [tokens] = app.state.engine.text.encode(["warm up the model"])
+            ones = np.ones((1, len(tokens.ids)), dtype=np.int64)
+            await batcher.run_in_model_thread(
+                model.encode, tokens.ids[None], ones, tokens.type_ids[None]
+            )
         app.state.ready = True
         metrics.ready.set(1)
         log.info("serving %s (%s on %s)", loaded.name, model.precision, model.provider)
@@ -90,7 +94,15 @@ def create_app(
 
     # added first, so it runs inside the edge (API key, body size, draining, request metrics)
     app.add_middleware(HotPathMiddleware, state=app.state)
-    app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, state=app.state)
+    # every path the app answers: its own (docs) and the routers' (included lazily by FastAPI)
+    routes = frozenset(
+        path
+        for route in [*app.routes, *open_routes.routes, *api.routes]
+        if isinstance(path := getattr(route, "path", None), str)
+    )
+    app.add_middleware(
+        EdgeMiddleware, settings=settings, metrics=metrics, state=app.state, routes=routes
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

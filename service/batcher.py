@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,15 +33,20 @@ from .backend import Backend, Floats
 from .metrics import Metrics
 
 log = logging.getLogger("bertserve")
+T = TypeVar("T")
 
 
 class Overloaded(Exception):
-    """The queue is full; the request is refused before any work (429)."""
+    """The queue is too full to finish this request in time; refused before any work (429,
+    Retry-After: the estimated seconds until the queue ahead of it has drained)."""
 
-    def __init__(self, queued: int, asked: int, limit: int) -> None:
-        super().__init__(
-            f"server overloaded: {queued} tokens queued + {asked} asked > max_queued_tokens {limit}"
-        )
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLarge(Exception):
+    """One request larger than the whole queue may hold: retrying cannot help (413)."""
 
 
 class DeadlineExceeded(Exception):
@@ -165,6 +172,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queued_tokens = max_queued_tokens
+        # measured model speed in real (unpadded) tokens per second; None until a batch ran
+        self.tokens_per_s: float | None = None
         self.request_timeout_s = request_timeout_s
         self.queue: list[Pending] = []
         self.queued_tokens = 0
@@ -204,7 +213,7 @@ class Batcher:
         self.queue.clear()
         self._executor.shutdown(wait=True)
 
-    async def run_in_model_thread(self, fn: Callable[..., Floats], *args: object) -> Floats:
+    async def run_in_model_thread(self, fn: Callable[..., T], *args: object) -> T:
         """Runs a head on the model thread, so ONNX Runtime is only ever called from one."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -216,8 +225,7 @@ class Batcher:
         if self._closing:
             raise ShuttingDown("server is shutting down")
         asked = sum(len(ids) for ids, _ in sequences)
-        if self.queued_tokens + asked > self.max_queued_tokens:
-            raise Overloaded(self.queued_tokens, asked, self.max_queued_tokens)
+        self._admit(asked)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
@@ -231,6 +239,43 @@ class Batcher:
         self._update_gauges()
         self._wakeup.set()
         return futures
+
+    def _admit(self, asked: int) -> None:
+        """Refuses a request that cannot finish before its deadline: by the measured speed
+        (tokens/s of recent batches) once there is one, and by max_queued_tokens always."""
+        if asked > self.max_queued_tokens:
+            raise RequestTooLarge(
+                f"request of {asked} tokens exceeds max_queued_tokens {self.max_queued_tokens}; "
+                "split it into smaller requests"
+            )
+        speed = self.tokens_per_s
+        drain_s = self.queued_tokens / speed if speed else 1.0
+        if self.queued_tokens + asked > self.max_queued_tokens:
+            raise Overloaded(
+                f"server overloaded: {self.queued_tokens} tokens queued + {asked} asked > "
+                f"max_queued_tokens {self.max_queued_tokens}",
+                max(1, math.ceil(drain_s)),
+            )
+        # an empty queue admits: the request alone may still make it, and if not, 429 would
+        # tell the client to retry what can never succeed
+        ahead = self.queued_tokens
+        if speed and ahead and (ahead + asked) / speed > self.request_timeout_s:
+            wait = (self.queued_tokens + asked) / speed
+            raise Overloaded(
+                f"server overloaded: {self.queued_tokens} tokens queued ahead at ~{speed:.0f} "
+                f"tokens/s would take {wait:.1f} s, over request_timeout_s "
+                f"{self.request_timeout_s:g}",
+                max(1, math.ceil(drain_s)),
+            )
+
+    def _measured(self, tokens: int, seconds: float) -> None:
+        """Folds one batch's speed into the estimate admission uses (moving average)."""
+        if seconds <= 0:
+            return
+        speed = tokens / seconds
+        self.tokens_per_s = speed if self.tokens_per_s is None else (
+            0.8 * self.tokens_per_s + 0.2 * speed
+        )  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------
     def _update_gauges(self) -> None:
@@ -276,11 +321,11 @@ class Batcher:
     def _expire(self, dropped: list[Pending]) -> None:
         """Fails sequences dropped before compute: cancelled, or past their deadline."""
         for p in dropped:
-            if p.future.done():
-                continue
-            if p.request.cancelled:
+            if p.request.cancelled:  # its future may be cancelled already, by the request
                 self.metrics.rejected.labels("cancelled").inc()
                 p.future.cancel()
+            elif p.future.done():
+                continue
             else:
                 self.metrics.rejected.labels("deadline").inc()
                 p.future.set_exception(
@@ -322,7 +367,9 @@ class Batcher:
         try:
             return self.backend.encode(ids, mask, types)
         finally:  # model time only, not the wait behind the previous call
-            self.metrics.inference_duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.inference_duration.observe(elapsed)
+            self._measured(sum(p.length for p in batch), elapsed)
 
     async def _deliver(
         self, call: asyncio.Future[tuple[Floats, Floats | None] | None], batch: list[Pending]

@@ -12,6 +12,7 @@ import argparse
 import socket
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,33 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         app, log_level=settings.log_level, timeout_graceful_shutdown=30, lifespan="on"
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    print(
+        f"bert-serve: {artifact.name}: {backend.precision} on {backend.provider}, "
+        f"{settings.threads or 'all'} threads, http://{settings.host}:{settings.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _serve(config, listener)
     return 0
+
+
+def _serve(config: Any, listener: socket.socket) -> None:
+    """uvicorn's Server, except that a SIGTERM or SIGINT it has already answered by draining
+    is not raised again at exit: a clean shutdown exits 0, as orchestrators expect."""
+    import contextlib
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+    DrainingServer(config).run(sockets=[listener])
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .batcher import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from .batcher import DeadlineExceeded, ModelError, Overloaded, RequestTooLarge, ShuttingDown
 from .engine import InvalidInput, MissingHead
 from .metrics import Metrics
 from .text import InputTooLong
@@ -26,6 +26,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidInput: (422, "validation_error"),
     InputTooLong: (422, "input_too_long"),
     TooLarge: (413, "too_large"),
+    RequestTooLarge: (413, "too_large"),
     MissingHead: (424, "missing_head"),
     NotReady: (503, "not_ready"),
     ShuttingDown: (503, "shutting_down"),
@@ -46,7 +47,7 @@ def known_error(exc: Exception, metrics: Metrics) -> tuple[int, str, dict[str, s
         if isinstance(exc, exc_type):
             if isinstance(exc, Overloaded):
                 metrics.rejected.labels("queue_full").inc()
-                return status, kind, {"Retry-After": "1"}
+                return status, kind, {"Retry-After": str(exc.retry_after_s)}
             return status, kind, {}
     return None
 

@@ -10,6 +10,8 @@ do, so both paths answer alike (the bad-input table runs against this one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +25,9 @@ from .routes import embed_payload, json_bytes, openai_payload, ready_engine
 from .schemas import EmbedRequest, OpenAIEmbeddingRequest
 from .settings import Settings
 
+# bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
+# held /health for seconds when parsed on it
+BIG_BODY_BYTES = 256 * 1024
 Handler = Callable[[Any, Engine, Settings], Awaitable[dict[str, Any]]]
 HOT_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
     "/embed": (EmbedRequest, embed_payload),
@@ -41,6 +46,28 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+async def _unless_disconnected(work: Awaitable[dict[str, Any]], receive: Receive) -> dict[str, Any]:
+    """Awaits `work`, cancelling it when the client disconnects first: the request's queued
+    sequences are then dropped before compute (the batcher counts them as cancelled)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ConnectionAbortedError("client went away")
+    return task.result()
+
+
 class HotPathMiddleware:
     def __init__(self, app: ASGIApp, state: Any) -> None:
         self.app = app
@@ -56,8 +83,14 @@ class HotPathMiddleware:
         try:
             body = await read_body(receive)
             engine = ready_engine(self.state)
-            request = schema.model_validate_json(body)
-            content = json_bytes(await handler(request, engine, self.state.settings))
+            if len(body) > BIG_BODY_BYTES:  # parsing would stall every other request
+                request = await asyncio.to_thread(schema.model_validate_json, body)
+            else:
+                request = schema.model_validate_json(body)
+            answer = await _unless_disconnected(
+                handler(request, engine, self.state.settings), receive
+            )
+            content = json_bytes(answer)
             status = 200
         except ConnectionAbortedError:
             return

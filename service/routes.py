@@ -16,6 +16,7 @@ from .schemas import (
     ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
+    ErrorResponse,
     FillMaskCandidate,
     FillMaskRequest,
     NextSentenceOut,
@@ -51,18 +52,39 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def check_inputs(texts: list[str], settings: Settings, what: str = "inputs") -> None:
-    if len(texts) > settings.max_inputs:
-        raise TooLarge(f"{len(texts)} {what} exceed max_inputs {settings.max_inputs}")
+def check_inputs(
+    texts: list[str], settings: Settings, what: str = "inputs", count: int | None = None
+) -> None:
+    """max_inputs against `count` inputs (default: one per text; a pair is one input of two
+    texts), max_input_chars against every text."""
+    count = len(texts) if count is None else count
+    if count > settings.max_inputs:
+        raise TooLarge(f"{count} {what} exceed max_inputs {settings.max_inputs}")
+    flat = what if count == len(texts) else "texts"  # pairs: name the text, not the pair
     for index, text in enumerate(texts):
         if len(text) > settings.max_input_chars:
             raise TooLarge(
-                f"{what}[{index}] has {len(text)} characters, over max_input_chars "
+                f"{flat}[{index}] has {len(text)} characters, over max_input_chars "
                 f"{settings.max_input_chars}"
             )
 
 
-api = APIRouter()
+# what /docs shows for errors: our {"error": {...}} body, not FastAPI's {"detail": ...}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "malformed JSON or bad UTF-8"),
+        (401, "missing or wrong API key"),
+        (413, "body, inputs, characters or tokens over a limit"),
+        (422, "an invalid field"),
+        (424, "the model lacks the head this route needs"),
+        (429, "overloaded; Retry-After says when to retry"),
+        (500, "model error (that batch only)"),
+        (503, "not ready, or shutting down"),
+        (504, "the request's deadline passed"),
+    )
+}
+api = APIRouter(responses=ERRORS)
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -86,11 +108,20 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     check_inputs(texts, settings)
     engine.check_dimensions(body.dimensions)
     tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
+    if body.output != "sentence":
+        token_count = sum(len(t.ids) for t in tokenized)
+        if token_count > settings.max_token_vectors:
+            raise TooLarge(
+                f"{token_count} token vectors exceed max_token_vectors "
+                f"{settings.max_token_vectors} "
+                '(ask for fewer inputs, or "output": "sentence")'
+            )
     encoded = await engine.run(tokenized, "/embed")
     pooling = body.pooling or engine.artifact.pooling
+    normalize = engine.artifact.normalize if body.normalize is None else body.normalize
     want_sentence = body.output in ("sentence", "both")
     sentences = (
-        engine.sentence_vectors(encoded, pooling, body.normalize, body.dimensions)
+        engine.sentence_vectors(encoded, pooling, normalize, body.dimensions)
         if want_sentence
         else []
     )
@@ -100,7 +131,7 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
         if want_sentence:
             row["embedding"] = encode_vector(sentences[index], body.encoding_format)
         if body.output in ("tokens", "both"):
-            vectors = engine.token_vectors(item, body.normalize, body.dimensions)
+            vectors = engine.token_vectors(item, normalize, body.dimensions)
             row["tokens"] = [
                 {
                     "id": int(tid),
@@ -127,7 +158,15 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     }
 
 
-@api.post("/fill-mask")
+@api.post(
+    "/fill-mask",
+    responses={
+        200: {
+            "model": list[FillMaskCandidate] | list[list[FillMaskCandidate]],
+            "description": "candidates per mask (a list per mask, and per input for a list)",
+        }
+    },
+)
 async def fill_mask(body: FillMaskRequest, engine: EngineDep, settings: SettingsDep) -> Any:
     """The transformers fill-mask pipeline's shape: for one text with one [MASK], a list of
     candidates; with several masks, a list per mask; for a list of texts, a list of those."""
@@ -147,7 +186,8 @@ async def fill_mask(body: FillMaskRequest, engine: EngineDep, settings: Settings
             if len(ids) != 1:
                 raise InvalidInput(f"target {target!r} is not a single token of the vocabulary")
             target_ids.append(ids[0])
-    tokenized = engine.text.encode(texts, truncate=False)
+    remedy = "send a shorter text (fill-mask never truncates, so that no [MASK] is lost)"
+    tokenized = engine.text.encode(texts, truncate=False, remedy=remedy)
     for index, tokens in enumerate(tokenized):
         if not (tokens.ids == engine.mask_id).any():
             raise InvalidInput(f"inputs[{index}] has no [MASK] token")
@@ -183,9 +223,7 @@ def _filled(engine: Engine, ids: Any, position: int, token: int) -> str:
 async def next_sentence(
     body: NextSentenceRequest, engine: EngineDep, settings: SettingsDep
 ) -> NextSentenceResponse:
-    check_inputs([t for pair in body.pairs for t in pair], settings, "texts")
-    if len(body.pairs) > settings.max_inputs:
-        raise TooLarge(f"{len(body.pairs)} pairs exceed max_inputs {settings.max_inputs}")
+    check_inputs([t for pair in body.pairs for t in pair], settings, "pairs", len(body.pairs))
     if not engine.backend.has_nsp:
         raise MissingHead("this model has no next-sentence head")
     tokenized = engine.text.encode([(p[0], p[1]) for p in body.pairs], truncate=True)
@@ -203,10 +241,8 @@ async def classify(body: ClassifyRequest, engine: EngineDep, settings: SettingsD
     text-classification pipeline inside `data[i].labels`; a regression model's `score`."""
     inputs: list[Any] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     pairs = [tuple(item) for item in inputs if not isinstance(item, str)]
-    if len(inputs) > settings.max_inputs:
-        raise TooLarge(f"{len(inputs)} inputs exceed max_inputs {settings.max_inputs}")
-    check_inputs([t for item in inputs for t in ([item] if isinstance(item, str) else item)],
-                 settings, "texts")  # fmt: skip
+    texts = [t for item in inputs for t in ([item] if isinstance(item, str) else item)]
+    check_inputs(texts, settings, "inputs", len(inputs))
     if not engine.backend.has_classifier:
         raise MissingHead("this model has no classifier head, so /classify is unavailable")
     labels = engine.artifact.labels

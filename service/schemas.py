@@ -16,7 +16,19 @@ def _check_texts(value: str | list[str]) -> str | list[str]:
             raise ValueError(f"text {index} is empty")
         if "\x00" in text:
             raise ValueError(f"text {index} contains a NUL character")
+        _check_encodable(text, f"text {index}")
     return value
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """JSON can spell a lone UTF-16 surrogate (\\ud800), which no tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} has a lone surrogate (\\u{ord(text[exc.start]):04x}) at character "
+            f"{exc.start}; send valid Unicode"
+        ) from None
 
 
 # A text or a list of texts, none empty and none with NUL characters.
@@ -32,7 +44,11 @@ class EmbedRequest(_Strict):
     pooling: Literal["cls", "mean", "pooler"] | None = Field(
         None, description="sentence pooling (default: the artifact's)"
     )
-    normalize: bool = Field(True, description="L2-normalize sentence embeddings")
+    normalize: bool | None = Field(
+        None,
+        description="L2-normalize the vectors, sentence and token (default: the artifact's, "
+        "as /info says)",
+    )
     truncate: bool = Field(True, description="cut inputs over max_seq_len instead of 422")
     truncation_direction: Literal["right", "left"] = "right"
     output: Literal["sentence", "tokens", "both"] = "sentence"
@@ -70,6 +86,13 @@ class FillMaskRequest(_Strict):
     inputs: Texts = Field(description="text(s) with one or more [MASK] tokens")
     top_k: int = Field(5, ge=1, description="candidates per mask")
     targets: list[str] | None = Field(None, description="score only these tokens")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str] | None) -> list[str] | None:
+        for index, target in enumerate(value or []):
+            _check_encodable(target, f"target {index}")
+        return value
 
 
 class FillMaskCandidate(BaseModel):
@@ -183,3 +206,14 @@ class TokenizeOut(BaseModel):
 
 def texts_of(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="e.g. validation_error, too_large, overloaded")
+    message: str = Field(description="what was wrong, naming the limit")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    error: ErrorDetail

@@ -38,12 +38,21 @@ class Settings(BaseSettings):
         "share of their tokens (1: never split)",
     )
     max_queued_tokens: int = Field(
-        262144, ge=1, description="tokens waiting in the queue before new requests get 429"
+        262144,
+        ge=1,
+        description="tokens waiting in the queue before new requests get 429 (a request over "
+        "it alone: 413)",
     )
     max_inputs: int = Field(256, ge=1, description="inputs (or pairs) per request")
     max_input_chars: int = Field(20000, ge=1, description="characters per input")
     max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
     max_top_k: int = Field(100, ge=1, description="largest top_k for /fill-mask")
+    max_token_vectors: int = Field(
+        16384,
+        ge=1,
+        description="token vectors one /embed response may hold (output tokens or both; "
+        "bounds the response size)",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="a sequence still queued after this long is dropped (504)"
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+TRUNCATE_OR_SHORTEN = "send truncate=true or a shorter input"
+
 
 class InputTooLong(ValueError):
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
+    def __init__(self, index: int, tokens: int, limit: int, remedy: str) -> None:
         super().__init__(
-            f"input {index} has {tokens} tokens, over the model's max_seq_len {limit}; "
-            "send truncate=true or a shorter input"
+            f"input {index} has {tokens} tokens, over the model's max_seq_len {limit}; {remedy}"
         )
 
 
@@ -56,7 +57,10 @@ class TextEncoder:
         texts: list[str] | list[tuple[str, str]],
         truncate: bool = True,
         direction: str = "right",
+        remedy: str = TRUNCATE_OR_SHORTEN,
     ) -> list[Tokenized]:
+        """`remedy`: what the too-long error tells the client to do (routes without a
+        truncate option say something else)."""
         tokenizer = (self.left if direction == "left" else self.right) if truncate else self.full
         if len(texts) == 1:  # encode_batch hands even one text to its thread pool
             first = texts[0]
@@ -69,7 +73,7 @@ class TextEncoder:
         if not truncate:
             for index, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_len:
-                    raise InputTooLong(index, len(enc.ids), self.max_len)
+                    raise InputTooLong(index, len(enc.ids), self.max_len, remedy)
         return [Tokenized(e) for e in encodings]
 
     def token_id(self, token: str) -> int | None:

@@ -43,6 +43,13 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ),
     ("nul byte", "/embed", {"inputs": "a\u0000b"}, 422, "NUL"),
     ("no mask", "/fill-mask", {"inputs": "no mask here"}, 422, "no [MASK]"),
+    (
+        "fill-mask too long",
+        "/fill-mask",
+        {"inputs": "[MASK] " + "word " * 300},
+        422,
+        "fill-mask never truncates",
+    ),
     ("top_k zero", "/fill-mask", {"inputs": "[MASK]", "top_k": 0}, 422, "top_k"),
     ("top_k huge", "/fill-mask", {"inputs": "[MASK]", "top_k": 100000}, 422, "max_top_k"),
     (
@@ -59,6 +66,33 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("openai dimensions", "/v1/embeddings", {"input": "a", "dimensions": 4096}, 422, "hidden size"),
     ("tokenize wrong type", "/tokenize", {"inputs": {"a": 1}}, 422, "inputs"),
     ("huge body", "/embed", {"inputs": "a" * 70_000}, 413, "max_body_bytes"),
+    (
+        "response too big",
+        "/embed",
+        {"inputs": ["word " * 50] * 8, "output": "tokens"},
+        413,
+        "exceed max_token_vectors 200",
+    ),
+    # JSON can spell lone UTF-16 surrogates, which tokenizers refuse with a TypeError (was 500)
+    # (the hot path's JSON parser refuses them as invalid JSON already)
+    ("lone surrogate", "/embed", b'{"inputs": "a \\ud800"}', 400, "not valid JSON"),
+    ("surrogate tokenize", "/tokenize", b'{"inputs": ["ok", "a \\udc00"]}', 422, "text 1"),
+    ("surrogate fill-mask", "/fill-mask", b'{"inputs": "[MASK] \\ud800"}', 422, "surrogate"),
+    (
+        "surrogate target",
+        "/fill-mask",
+        b'{"inputs": "[MASK]", "targets": ["\\ud800"]}',
+        422,
+        "target 0 has a lone surrogate",
+    ),
+    ("surrogate pair", "/next-sentence", b'{"pairs": [["a", "b \\ud801"]]}', 422, "surrogate"),
+    (
+        "too many pairs",
+        "/next-sentence",
+        {"pairs": [["a", "b"]] * 9},
+        413,
+        "9 pairs exceed max_inputs 8",
+    ),
 ]
 
 
@@ -80,7 +114,68 @@ def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifac
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 128
 
     assert len(BAD) >= 25
-    serve(tiny_artifact, check, max_inputs=8, max_input_chars=2000, max_body_bytes=65536)
+    serve(
+        tiny_artifact,
+        check,
+        max_inputs=8,
+        max_input_chars=2000,
+        max_body_bytes=65536,
+        max_token_vectors=200,
+    )
+
+
+def test_pairs_count_as_one_input_each(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        r = await client.post("/next-sentence", json={"pairs": [["a", "b"]] * 8})  # 16 texts
+        assert r.status_code == 200 and len(r.json()["data"]) == 8
+
+    serve(tiny_artifact, check, max_inputs=8)
+
+
+def test_a_request_larger_than_the_queue_is_413_not_429(tiny_artifact):
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        r = await client.post("/embed", json={"inputs": ["word " * 100] * 2})  # 2 x 64 tokens
+        assert r.status_code == 413, r.text
+        assert "exceeds max_queued_tokens 64" in r.json()["error"]["message"]
+        assert "retry-after" not in r.headers
+        assert (await client.post("/embed", json={"inputs": "short"})).status_code == 200
+
+    serve(tiny_artifact, check, max_queued_tokens=64)
+
+
+def test_admission_refuses_by_estimated_wait_with_that_wait_as_retry_after():
+    import asyncio
+
+    import pytest
+
+    from bertserve.service.batcher import Batcher, Overloaded, RequestTooLarge
+    from bertserve.service.metrics import Metrics
+
+    async def main() -> None:
+        batcher = Batcher(
+            backend=None,  # type: ignore[arg-type]
+            metrics=Metrics(),
+            pad_id=0,
+            max_batch_tokens=1024,
+            max_batch_size=32,
+            max_wait_ms=1,
+            max_queued_tokens=100_000,
+            request_timeout_s=2.0,
+        )
+        batcher._admit(500)  # no speed measured yet: only the token cap applies
+        batcher._measured(1000, 10.0)  # 100 tokens/s
+        batcher._admit(500)  # an empty queue admits even a request that may run long
+        batcher.queued_tokens = 450
+        with pytest.raises(Overloaded) as refused:
+            batcher._admit(100)  # 550 tokens at 100/s = 5.5 s > 2 s
+        assert refused.value.retry_after_s == 5  # ceil(450 / 100)
+        assert "request_timeout_s 2" in str(refused.value)
+        batcher.queued_tokens = 100
+        batcher._admit(50)  # 150 tokens = 1.5 s: in time
+        with pytest.raises(RequestTooLarge):
+            batcher._admit(200_000)
+
+    asyncio.run(main())
 
 
 def test_api_key_is_required_when_set(tiny_artifact):
