@@ -316,7 +316,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="finetune", unit="step", disable=not cfg.progress)
-    running: list[float] = []
+    running: list[float] = []  # recent training losses and accuracies, for the progress bar
+    hits: list[float] = []
     started = time.monotonic() - elapsed
     with open(metrics_path, "a", encoding="utf-8") as log:
         while step < total:
@@ -342,11 +343,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
             record: dict[str, Any] = {"split": "train", "step": step, "loss": running[-1]}
             record["lr"] = cfg.lr * factor
             if task.problem_type != REGRESSION:
-                hits = (logits.argmax(dim=1) == targets[pick]).float().mean()
-                record["accuracy"] = float(hits)
+                correct = (logits.argmax(dim=1) == targets[pick]).float().mean()
+                record["accuracy"] = float(correct)
             log.write(json.dumps(record) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", epoch=f"{step / per_epoch:.2f}")
+            shown = {"loss": f"{np.mean(running[-50:]):.4f}", "epoch": f"{step / per_epoch:.2f}"}
+            if "accuracy" in record:
+                hits.append(record["accuracy"])
+                shown["acc"] = f"{np.mean(hits[-50:]):.3f}"
+            bar.set_postfix(shown)
             elapsed = time.monotonic() - started
             if step % per_epoch == 0 or (cfg.eval_every and step % cfg.eval_every == 0):
                 evaluate_and_keep(log)
