@@ -106,7 +106,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "invalid_request"
+        kinds = {404: "not_found", 408: "timeout"}
+        kind = kinds.get(exc.status_code, "invalid_request")
         message = "request body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
         return error(exc.status_code, kind, message, headers=getattr(exc, "headers", None))
 

@@ -3,10 +3,12 @@ stream per request): API key, body size and draining checks, then request metric
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
@@ -35,6 +37,36 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": content})
+
+
+class BodyTimeout(HTTPException):
+    """The client stopped sending its body (408). An HTTPException, because FastAPI turns any
+    other exception raised while it reads a body into a 400."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(408, message)
+
+
+def timed_receive(receive: Receive, timeout_s: float) -> Receive:
+    """`receive`, with each wait for the next piece of the body bounded by `timeout_s`; once
+    the body is complete, waits (for a disconnect) are not bounded."""
+    body_done = False
+
+    async def wrapped() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"request body not received within body_timeout_s {timeout_s:g}"
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return wrapped
 
 
 class EdgeMiddleware:
@@ -93,17 +125,26 @@ class EdgeMiddleware:
         path = scope["path"]
         route = path if path in self.routes else UNMATCHED
         status = 500
+        started_response = False
 
         async def send_and_record(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
             await send(message)
 
         try:
             refused = self.refusal(scope)
             if refused is None:
-                await self.app(scope, receive, send_and_record)
+                try:
+                    await self.app(
+                        scope, timed_receive(receive, self.settings.body_timeout_s), send_and_record
+                    )
+                except BodyTimeout as exc:
+                    if started_response:  # nothing more can be said
+                        raise
+                    status = 408
+                    await send_json(send, status, error_body("timeout", str(exc.detail)))
             else:
                 status, kind, message = refused
                 await send_json(send, status, error_body(kind, message))

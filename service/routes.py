@@ -75,6 +75,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "malformed JSON or bad UTF-8"),
         (401, "missing or wrong API key"),
+        (408, "the body did not arrive within body_timeout_s"),
         (413, "body, inputs, characters or tokens over a limit"),
         (422, "an invalid field"),
         (424, "the model lacks the head this route needs"),

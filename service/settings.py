@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="a sequence still queued after this long is dropped (504)"
     )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client may take to send its body (408 after)"
+    )
     api_key: str | None = Field(
         None,
         description="when set, requests need 'Authorization: Bearer <key>' "

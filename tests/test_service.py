@@ -514,3 +514,41 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tiny_artifact):
         assert _sample(metrics, "bertserve_rejected_total", '{reason="cancelled"}') == 5
 
     asyncio.run(main())
+
+
+def test_a_body_that_never_arrives_is_408_not_a_hang(tiny_artifact):
+    artifact = load_artifact(tiny_artifact)
+    settings = Settings(model=tiny_artifact, threads=2, precision="fp32", body_timeout_s=0.2)
+    app = create_app(settings, CountingBackend(OnnxBackend(artifact, "cpu", "fp32", 2)), artifact)
+
+    async def request(path: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        first = [{"type": "http.request", "body": b'{"inputs": "a', "more_body": True}]
+
+        async def receive() -> dict[str, Any]:
+            if first:
+                return first.pop(0)
+            await asyncio.sleep(3600)  # the rest of the body never comes
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+            "query_string": b"",
+        }
+        await asyncio.wait_for(app(scope, receive, send), 5)
+        return sent
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            for path in ("/embed", "/fill-mask"):  # the hot path and a FastAPI route
+                sent = await request(path)
+                assert sent[0]["status"] == 408, (path, sent)
+                assert b"body_timeout_s 0.2" in sent[1]["body"]
+
+    asyncio.run(main())
