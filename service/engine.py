@@ -18,7 +18,7 @@ from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
 from .metrics import Metrics
 from .pooling import l2_normalize, pool_one
-from .text import TextEncoder, Tokenized
+from .text import LongText, TextEncoder, Tokenized, Window
 
 
 class MissingHead(Exception):
@@ -34,6 +34,16 @@ class Encoded:
     tokenized: Tokenized
     hidden: Floats  # (n, H)
     pooled: Floats | None  # (H,)
+
+
+@dataclass
+class LongEmbedding:
+    """A long text embedded window by window."""
+
+    sentence: Floats  # (H',) the token-weighted mean of the window vectors
+    tokens: list[tuple[int, str, tuple[int, int], Floats]]  # id, token, offsets, vector
+    windows: int
+    token_count: int  # tokens computed, overlaps counted again
 
 
 def encode_vector(vector: Floats, encoding_format: str) -> Floats | str:
@@ -55,7 +65,7 @@ class Engine:
         self.mask_id = artifact.special_tokens.get("[MASK]")
         self.model_name = artifact.name
 
-    async def run(self, tokenized: Sequence[Tokenized], route: str) -> list[Encoded]:
+    async def run(self, tokenized: Sequence[Tokenized | Window], route: str) -> list[Encoded]:
         """Queues every sequence, waits for all; cancels the rest if the caller goes away."""
         state = RequestState()
         futures = self.batcher.submit([(t.ids, t.type_ids) for t in tokenized], state)
@@ -68,9 +78,77 @@ class Engine:
                 future.cancel()
             raise
         return [
-            Encoded(t, hidden, pooled)
+            Encoded(t, hidden, pooled)  # type: ignore[arg-type]
             for t, (hidden, pooled) in zip(tokenized, results, strict=True)
         ]
+
+    async def embed_long(
+        self,
+        texts: list[str],
+        stride: int,
+        max_chunks: int,
+        pooling: str,
+        normalize: bool,
+        dimensions: int | None,
+        want_tokens: bool,
+        route: str,
+    ) -> list[LongEmbedding]:
+        """Texts of any length: windows of max_seq_len tokens `stride` apart, encoded in the
+        same batches as everything else. The sentence vector is the mean of the window vectors
+        weighted by their token counts; each token's vector comes from the window where it
+        sits most centrally."""
+        if pooling == "pooler" and not self.backend.has_pooler:
+            raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
+        self.check_dimensions(dimensions)
+        longs = [self.text.windows(t, stride, max_chunks, i) for i, t in enumerate(texts)]
+        encoded = await self.run([w for lt in longs for w in lt.windows], route)
+        results, at = [], 0
+        for long_text in longs:
+            parts = encoded[at : at + len(long_text.windows)]
+            at += len(long_text.windows)
+            results.append(self._combine(long_text, parts, pooling, normalize, dimensions,
+                                         want_tokens))  # fmt: skip
+        return results
+
+    def _combine(
+        self,
+        long_text: LongText,
+        parts: list[Encoded],
+        pooling: str,
+        normalize: bool,
+        dimensions: int | None,
+        want_tokens: bool,
+    ) -> LongEmbedding:
+        weights = np.array([len(w.ids) for w in long_text.windows], dtype=np.float32)  # (W,)
+        window_vectors = np.stack(
+            [
+                pool_one(p.hidden, pooling, None if p.pooled is None else p.pooled[None])
+                for p in parts
+            ]
+        )  # (W, H)
+        mean = (weights[:, None] * window_vectors).sum(axis=0) / weights.sum()  # (H,)
+        tokens: list[tuple[int, str, tuple[int, int], Floats]] = []
+        if want_tokens:
+            enc = long_text.encoding
+
+            def finish(vector: Floats) -> Floats:
+                return self._finish(vector, normalize, dimensions)
+
+            tokens.append((long_text.cls_id, "[CLS]", (0, 0), finish(parts[0].hidden[0])))
+            owner = long_text.owner()
+            for position, (token_id, token, offsets) in enumerate(
+                zip(enc.ids, enc.tokens, enc.offsets, strict=True)
+            ):
+                window = long_text.windows[owner[position]]
+                row = parts[owner[position]].hidden[1 + position - window.start]
+                tokens.append((token_id, token, (offsets[0], offsets[1]), finish(row)))
+            tokens.append((long_text.sep_id, "[SEP]", (0, 0), finish(parts[-1].hidden[-1])))
+        return LongEmbedding(
+            self._finish(mean, normalize, dimensions),
+            tokens,
+            len(long_text.windows),
+            int(weights.sum()),
+        )
 
     # -- embeddings --------------------------------------------------------------------------
     def sentence_vectors(

@@ -108,18 +108,14 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
     engine.check_dimensions(body.dimensions)
-    tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
-    if body.output != "sentence":
-        token_count = sum(len(t.ids) for t in tokenized)
-        if token_count > settings.max_token_vectors:
-            raise TooLarge(
-                f"{token_count} token vectors exceed max_token_vectors "
-                f"{settings.max_token_vectors} "
-                '(ask for fewer inputs, or "output": "sentence")'
-            )
-    encoded = await engine.run(tokenized, "/embed")
     pooling = body.pooling or engine.artifact.pooling
     normalize = engine.artifact.normalize if body.normalize is None else body.normalize
+    if (body.long_inputs or settings.long_inputs) == "chunk":
+        return await chunked_payload(body, texts, engine, settings, pooling, normalize)
+    tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
+    if body.output != "sentence":
+        check_token_vectors(sum(len(t.ids) for t in tokenized), settings)
+    encoded = await engine.run(tokenized, "/embed")
     want_sentence = body.output in ("sentence", "both")
     sentences = (
         engine.sentence_vectors(encoded, pooling, normalize, body.dimensions)
@@ -134,14 +130,8 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
         if body.output in ("tokens", "both"):
             vectors = engine.token_vectors(item, normalize, body.dimensions)
             row["tokens"] = [
-                {
-                    "id": int(tid),
-                    "token": tok,
-                    "start": start,
-                    "end": end,
-                    "embedding": encode_vector(vec, body.encoding_format),
-                }
-                for tid, tok, (start, end), vec in zip(
+                token_row(int(tid), tok, span, vec, body.encoding_format)
+                for tid, tok, span, vec in zip(
                     item.tokenized.ids,
                     item.tokenized.tokens,
                     item.tokenized.offsets,
@@ -151,12 +141,81 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
             ]
         row["truncated"] = item.tokenized.truncated
         data.append(row)
-    count = sum(len(t.ids) for t in tokenized)
+    return embed_response(engine, data, sum(len(t.ids) for t in tokenized))
+
+
+def check_token_vectors(count: int, settings: Settings) -> None:
+    if count > settings.max_token_vectors:
+        raise TooLarge(
+            f"{count} token vectors exceed max_token_vectors {settings.max_token_vectors} "
+            '(ask for fewer inputs, or "output": "sentence")'
+        )
+
+
+def token_row(
+    token_id: int, token: str, span: tuple[int, int], vector: Any, encoding_format: str
+) -> dict[str, Any]:
+    return {
+        "id": token_id,
+        "token": token,
+        "start": span[0],
+        "end": span[1],
+        "embedding": encode_vector(vector, encoding_format),
+    }
+
+
+def embed_response(engine: Engine, data: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
     return {
         "model": engine.model_name,
         "data": data,
-        "usage": {"prompt_tokens": count, "total_tokens": count},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def chunk_stride(engine: Engine, settings: Settings, asked: int | None) -> int:
+    """Tokens between window starts: the request's, else the server's, else half a window;
+    never more than a window, so that no token is skipped."""
+    window = engine.artifact.max_seq_len - 2
+    return min(asked or settings.chunk_stride or max(1, window // 2), window)
+
+
+async def chunked_payload(
+    body: EmbedRequest,
+    texts: list[str],
+    engine: Engine,
+    settings: Settings,
+    pooling: str,
+    normalize: bool,
+) -> dict[str, Any]:
+    """/embed with long_inputs=chunk: texts of any length, in overlapping windows."""
+    stride = chunk_stride(engine, settings, body.chunk_stride)
+    want_tokens = body.output in ("tokens", "both")
+    results = await engine.embed_long(
+        texts,
+        stride,
+        settings.max_chunks,
+        pooling,
+        normalize,
+        body.dimensions,
+        want_tokens,
+        "/embed",
+    )
+    if want_tokens:
+        check_token_vectors(sum(len(r.tokens) for r in results), settings)
+    data = []
+    for index, result in enumerate(results):
+        row: dict[str, Any] = {"index": index}
+        if body.output in ("sentence", "both"):
+            row["embedding"] = encode_vector(result.sentence, body.encoding_format)
+        if want_tokens:
+            row["tokens"] = [
+                token_row(tid, tok, span, vec, body.encoding_format)
+                for tid, tok, span, vec in result.tokens
+            ]
+        row["truncated"] = False
+        row["chunks"] = result.windows
+        data.append(row)
+    return embed_response(engine, data, sum(r.token_count for r in results))
 
 
 @api.post(
@@ -294,10 +353,24 @@ async def openai_payload(
     texts = texts_of(body.input)
     check_inputs(texts, settings, "input")
     engine.check_dimensions(body.dimensions)
-    tokenized = engine.text.encode(texts, truncate=True)
-    encoded = await engine.run(tokenized, "/v1/embeddings")
-    vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
-    count = sum(len(t.ids) for t in tokenized)
+    if settings.long_inputs == "chunk":  # the server's default; OpenAI's body has no field
+        results = await engine.embed_long(
+            texts,
+            chunk_stride(engine, settings, None),
+            settings.max_chunks,
+            engine.artifact.pooling,
+            True,
+            body.dimensions,
+            False,
+            "/v1/embeddings",
+        )
+        vectors = [r.sentence for r in results]
+        count = sum(r.token_count for r in results)
+    else:
+        tokenized = engine.text.encode(texts, truncate=True)
+        encoded = await engine.run(tokenized, "/v1/embeddings")
+        vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
+        count = sum(len(t.ids) for t in tokenized)
     return {
         "object": "list",
         "data": [

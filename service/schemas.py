@@ -50,6 +50,15 @@ class EmbedRequest(_Strict):
         "as /info says)",
     )
     truncate: bool = Field(True, description="cut inputs over max_seq_len instead of 422")
+    long_inputs: Literal["truncate", "chunk"] | None = Field(
+        None,
+        description="chunk: a text over max_seq_len is embedded in overlapping windows "
+        "(sentence vector: their token-weighted mean; tokens: each from its most central "
+        "window) instead of cut (default: the server's long_inputs)",
+    )
+    chunk_stride: int | None = Field(
+        None, ge=1, description="tokens between window starts (default: the server's)"
+    )
     truncation_direction: Literal["right", "left"] = "right"
     output: Literal["sentence", "tokens", "both"] = "sentence"
     dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions")
@@ -69,6 +78,7 @@ class EmbeddingOut(BaseModel):
     embedding: list[float] | str | None = None
     tokens: list[TokenOut] | None = None
     truncated: bool
+    chunks: int | None = Field(None, description="windows a chunked long text took")
 
 
 class Usage(BaseModel):

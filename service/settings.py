@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(20000, ge=1, description="characters per input")
     max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
     max_top_k: int = Field(100, ge=1, description="largest top_k for /fill-mask")
+    long_inputs: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="default for texts over max_seq_len: cut them (truncate), or embed them "
+        "in overlapping windows (chunk)",
+    )
+    chunk_stride: int | None = Field(
+        None, ge=1, description="tokens between window starts (default: half a window)"
+    )
+    max_chunks: int = Field(64, ge=1, description="windows one long text may take")
     max_token_vectors: int = Field(
         16384,
         ge=1,

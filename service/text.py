@@ -36,6 +36,45 @@ class Tokenized:
         return [(start, end) for start, end in self.encoding.offsets]
 
 
+class Window:
+    """One window of a long text: [CLS] + content tokens [start, end) + [SEP], the shape of a
+    Tokenized that the batcher needs (ids and type ids)."""
+
+    __slots__ = ("end", "ids", "start", "truncated", "type_ids")
+
+    def __init__(self, ids: np.ndarray, start: int, end: int) -> None:
+        self.ids = ids  # (n,) int64
+        self.type_ids = np.zeros_like(ids)
+        self.start, self.end = start, end  # content token span in the whole text
+        self.truncated = False
+
+
+class LongText:
+    """A text split into overlapping windows, with every token's id, string and offsets."""
+
+    def __init__(self, encoding: Encoding, windows: list[Window], cls_id: int, sep_id: int):
+        self.encoding = encoding  # the whole text, no special tokens
+        self.windows = windows
+        self.cls_id, self.sep_id = cls_id, sep_id
+
+    def owner(self) -> np.ndarray:
+        """(n,) for each content token, the window where it sits most centrally."""
+        n = len(self.encoding.ids)
+        best = np.full(n, -1.0)
+        owner = np.zeros(n, dtype=np.int64)
+        for w, window in enumerate(self.windows):
+            positions = np.arange(window.start, window.end)
+            margin = np.minimum(positions - window.start, window.end - 1 - positions)
+            better = margin > best[window.start : window.end]
+            owner[window.start : window.end][better] = w
+            best[window.start : window.end][better] = margin[better]
+        return owner
+
+
+class TooManyWindows(ValueError):
+    """A text that needs more windows than max_chunks (413)."""
+
+
 class TextEncoder:
     """Three copies of the tokenizer, because truncation settings live on the object."""
 
@@ -75,6 +114,31 @@ class TextEncoder:
                 if len(enc.ids) > self.max_len:
                     raise InputTooLong(index, len(enc.ids), self.max_len, remedy)
         return [Tokenized(e) for e in encodings]
+
+    def windows(self, text: str, stride: int, max_chunks: int, index: int) -> LongText:
+        """Overlapping windows of max_len tokens ([CLS] ... [SEP]) covering `text`, each
+        starting `stride` content tokens after the previous one, the last one ending at the
+        text's end."""
+        encoding = self.full.encode(text, add_special_tokens=False)
+        span = self.max_len - 2
+        n = len(encoding.ids)
+        last = max(n - span, 0)
+        starts = [*range(0, last, stride), last]
+        if len(starts) > max_chunks:
+            raise TooManyWindows(
+                f"input {index} has {n} tokens: {len(starts)} windows of {self.max_len} at "
+                f"stride {stride}, over max_chunks {max_chunks}"
+            )
+        cls_id = self.full.token_to_id("[CLS]")
+        sep_id = self.full.token_to_id("[SEP]")
+        assert cls_id is not None and sep_id is not None
+        content = np.asarray(encoding.ids, dtype=np.int64)
+        windows = []
+        for start in starts:
+            end = min(start + span, n)
+            ids = np.concatenate([[cls_id], content[start:end], [sep_id]]).astype(np.int64)
+            windows.append(Window(ids, start, end))
+        return LongText(encoding, windows, cls_id, sep_id)
 
     def token_id(self, token: str) -> int | None:
         return self.full.token_to_id(token)

@@ -1,0 +1,108 @@
+"""Long inputs without silent loss: /embed with long_inputs=chunk embeds a text of any length in
+overlapping windows: every token once, offsets into the original text, and the sentence vector
+the token-weighted mean of the window vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bertserve.service.artifact import load_artifact
+from bertserve.service.pooling import pool
+from bertserve.service.text import TextEncoder
+from tests.conftest import DATA
+from tests.test_service import CountingBackend, serve
+
+
+def _long_text(path: str, encoder: TextEncoder, tokens: int = 0, chars: int = 0) -> str:
+    text = ""
+    for paragraph in (DATA / path).read_text(encoding="utf-8").split("\n"):
+        if not paragraph.strip():
+            continue
+        text = f"{text} {paragraph}".strip()
+        if tokens and len(encoder.full.encode(text, add_special_tokens=False).ids) >= tokens:
+            return text
+        if chars and len(text) >= chars:
+            return text[:chars]
+    raise AssertionError(f"{path} is too short")
+
+
+def _by_hand(backend: CountingBackend, encoder: TextEncoder, text: str, stride: int) -> np.ndarray:
+    """The windows built and embedded one at a time, mean-pooled, token-weighted."""
+    ids = encoder.full.encode(text, add_special_tokens=False).ids
+    span = encoder.max_len - 2
+    cls, sep = encoder.full.token_to_id("[CLS]"), encoder.full.token_to_id("[SEP]")
+    last = max(len(ids) - span, 0)
+    vectors, weights = [], []
+    for start in [*range(0, last, stride), last]:
+        window = np.array([[cls, *ids[start : start + span], sep]], dtype=np.int64)
+        ones = np.ones_like(window)
+        hidden, _ = backend.inner.encode(window, ones, np.zeros_like(window))
+        vectors.append(pool(hidden, ones, "mean")[0])
+        weights.append(window.shape[1])
+    w = np.array(weights, dtype=np.float32)
+    return (w[:, None] * np.stack(vectors)).sum(axis=0) / w.sum()
+
+
+def _check_long(tiny_artifact: Any, source: str, tokens: int = 0, chars: int = 0) -> None:
+    artifact = load_artifact(tiny_artifact)
+    encoder = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
+    text = _long_text(source, encoder, tokens=tokens, chars=chars)
+    content = encoder.full.encode(text, add_special_tokens=False)
+    assert len(content.ids) >= 0.9 * (tokens or chars)  # a text many windows long
+
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        body = {"inputs": text, "long_inputs": "chunk", "output": "both", "normalize": False}
+        r = await client.post("/embed", json=body)
+        assert r.status_code == 200, r.text[:500]
+        row = r.json()["data"][0]
+        stride = (artifact.max_seq_len - 2) // 2
+        # every token of the text once, in order, between [CLS] and [SEP]
+        got = row["tokens"]
+        assert [t["id"] for t in got[1:-1]] == list(content.ids)
+        assert got[0]["token"] == "[CLS]" and got[-1]["token"] == "[SEP]"
+        # offsets point into the original text and cover every non-space character
+        covered = np.zeros(len(text), dtype=bool)
+        for token in got[1:-1]:
+            covered[token["start"] : token["end"]] = True
+        assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())
+        # the sentence vector is the token-weighted mean of the windows
+        expected = _by_hand(backend, encoder, text, stride)
+        assert np.abs(np.array(row["embedding"]) - expected).max() <= 1e-4
+        windows = row["chunks"]
+        assert windows == len(range(0, len(content.ids) - (artifact.max_seq_len - 2), stride)) + 1
+        assert r.json()["usage"]["total_tokens"] > len(content.ids)  # overlaps counted
+        assert row["truncated"] is False
+
+    serve(tiny_artifact, check, max_input_chars=100_000, max_token_vectors=100_000, max_chunks=200)
+
+
+def test_a_3000_token_english_text_is_embedded_whole(tiny_artifact):
+    _check_long(tiny_artifact, "english.txt", tokens=3000)
+
+
+def test_a_3000_character_chinese_text_is_embedded_whole(tiny_artifact):
+    _check_long(tiny_artifact, "chinese.txt", chars=3000)
+
+
+def test_window_limits_and_server_defaults(tiny_artifact):
+    artifact = load_artifact(tiny_artifact)
+    encoder = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
+    text = _long_text("english.txt", encoder, tokens=1000)
+
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        r = await client.post("/embed", json={"inputs": text, "long_inputs": "chunk"})
+        assert r.status_code == 413 and "over max_chunks 4" in r.json()["error"]["message"]
+        r = await client.post("/embed", json={"inputs": text, "long_inputs": "chunk",
+                                              "chunk_stride": 126})  # fmt: skip
+        assert r.status_code == 413  # without overlap, 1000 tokens still need over 4 windows
+        short = await client.post("/embed", json={"inputs": "a short text"})
+        assert short.json()["data"][0]["chunks"] == 1  # the server default is chunk
+        openai = await client.post("/v1/embeddings", json={"input": "a short text"})
+        a = np.array(openai.json()["data"][0]["embedding"])
+        b = np.array(short.json()["data"][0]["embedding"])
+        assert np.abs(a / np.linalg.norm(a) - b / np.linalg.norm(b)).max() <= 1e-5
+
+    serve(tiny_artifact, check, long_inputs="chunk", max_chunks=4, max_input_chars=100_000)
