@@ -27,6 +27,7 @@ CLASSIFIER_GATES: dict[str, dict[str, float]] = {
     "fp16": {"classifier_argmax_agreement": 0.99, "regression_max_abs_diff": 0.02},
     "int8": {"classifier_argmax_agreement": 0.99, "regression_max_abs_diff": 0.02},
 }
+DECISIVE_GAP = 0.1  # logits; see measure()
 _AT_MOST = ("max_abs_diff", "classifier_max_abs_diff", "regression_max_abs_diff")
 
 
@@ -194,8 +195,15 @@ def measure(
         if classifier_head is not None and pooled is not None and item.class_logits is not None:
             logits = classifier_head.run(None, {"pooled": pooled.astype(np.float32)})[0]
             class_diff = max(class_diff, float(np.abs(logits - item.class_logits).max()))
-            agree += int((logits.argmax(-1) == item.class_logits.argmax(-1)).sum())
-            compared += len(logits)
+            # the class is compared where PyTorch's decision is clear: on an input where its
+            # top two logits tie to within DECISIVE_GAP, any rounding may flip the argmax
+            top2 = np.sort(item.class_logits, axis=-1)[:, -2:]
+            decisive = (top2[:, 1] - top2[:, 0]) >= DECISIVE_GAP if top2.shape[1] == 2 else None
+            same = logits.argmax(-1) == item.class_logits.argmax(-1)
+            if decisive is not None:
+                same = same[decisive]
+            agree += int(same.sum())
+            compared += len(same)
         if mlm_head is not None and item.masked is not None and item.mlm_top1 is not None:
             h = encoder.run(["last_hidden_state"], item.masked.arrays)[0].astype(np.float32)
             rows = h.reshape(-1, h.shape[-1])[item.mask_positions]
@@ -216,12 +224,13 @@ def measure(
         result["nsp_max_abs_diff"] = nsp_diff
     if mlm_head is not None and top1_total:
         result["fill_mask_top1"] = top1_hits / top1_total
-    if classifier_head is not None and compared:
+    if classifier_head is not None:
         result["classifier_max_abs_diff"] = class_diff
         if regression:
             result["regression_max_abs_diff"] = class_diff
-        else:
+        elif compared:
             result["classifier_argmax_agreement"] = agree / compared
+            result["classifier_decisive_inputs"] = compared
     return result
 
 

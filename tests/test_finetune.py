@@ -259,6 +259,7 @@ def test_export_adds_the_classifier_with_its_gate(classifier_artifact):
     fp32, int8 = manifest["variants"]["fp32"], manifest["variants"]["int8"]
     assert fp32["classifier_head"] == "heads/classifier.onnx"
     assert fp32["parity"]["classifier_max_abs_diff"] <= 1e-4 and fp32["parity"]["passed"]
+    assert int8["parity"]["classifier_decisive_inputs"] >= 10  # clear decisions were compared
     assert int8["parity"]["classifier_argmax_agreement"] >= 0.99 and not int8["rejected"]
     assert int8["parity"]["gate"]["classifier_argmax_agreement"] == 0.99
 
