@@ -29,7 +29,22 @@ def missing_extra(command: str) -> str | None:
     )
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (torch's and ORT's run over several lines)."""
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message (torch's and ORT's run over several lines), cut to
+    `limit` characters when given; the exception's type when it has no message."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]
+
+
+def last_line(exc: BaseException, default: str) -> str:
+    """The last line of an error's message: torch's load_state_dict ends with the culprit."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1].strip() if lines else default
+
+
+def listing(names: list[str], shown: int = 4) -> str:
+    """'a, b, c, d and 3 more': the names an error message lists, sorted, at most `shown`."""
+    ordered = sorted(names)
+    more = f" and {len(ordered) - shown} more" if len(ordered) > shown else ""
+    return ", ".join(ordered[:shown]) + more

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bertserve.commands import listing
 from bertserve.service.artifact import MANIFEST
 from bertserve.training.io import apply_umask
 
@@ -72,10 +73,9 @@ def check_destination(out: Path, inputs: list[Path], overwrite: bool) -> None:
             "(nothing was written)"
         )
     if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        shown = ", ".join(foreign[:3]) + more
         raise ExportPathError(
-            f"{out} holds files its manifest does not list ({shown}); refusing to delete them"
+            f"{out} holds files its manifest does not list ({listing(foreign, 3)}); refusing to "
+            "delete them"
         )
     if not overwrite:
         raise ExportPathError(f"{out} already holds an artifact; pass --overwrite to replace it")

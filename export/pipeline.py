@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bertserve.commands import one_line
 from bertserve.service.artifact import FORMAT_VERSION, MANIFEST, sha256_file
 from bertserve.training.io import write_text_atomic
 
@@ -190,7 +191,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         except Exception as exc:  # e.g. fp16 kernels missing on this CPU provider
             if name == "fp32":
                 raise
-            entry["parity"] = {"error": f"not measured here: {str(exc).splitlines()[0][:200]}"}
+            entry["parity"] = {"error": f"not measured here: {one_line(exc, 200)}"}
             entry["rejected"] = True
             tqdm.write(
                 f"warning: {name} parity could not be measured on CPU; marked rejected "

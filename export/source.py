@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from bertserve.commands import last_line, one_line
 from bertserve.training.checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict
 from bertserve.training.config import BertConfig
 from bertserve.training.model import BertForPreTraining
@@ -123,7 +124,7 @@ def load_source(path: Path) -> Source:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor whose shape the config does not give
-        reason = (str(exc).strip().splitlines() or ["size mismatch"])[-1].strip()
+        reason = last_line(exc, "size mismatch")
         raise SourceError(f"{path}: weights do not fit config.json ({reason})") from exc
     # a run that never trained NSP has random NSP and pooler weights: leave both out
     untrained_nsp = config.trained_heads is not None and "nsp" not in config.trained_heads
@@ -251,6 +252,6 @@ def resolve_checkpoint(spec: str, revision: str | None = None) -> tuple[Path, st
             "reached (offline?)"
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        reason = one_line(exc, 200)
         raise SourceError(f"{spec}: cannot fetch from the Hugging Face hub ({reason})") from exc
     return folder, spec

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from bertserve.commands import one_line
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -251,6 +253,6 @@ def _read_tokenizer(path: Path) -> str:
     except PermissionError as exc:
         raise ArtifactError(f"cannot read {path}: permission denied") from exc
     except Exception as exc:  # tokenizers raises its own exception type for a bad document
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason = one_line(exc, 200)
         raise ArtifactError(f"{path} is not a usable tokenizer ({reason})") from exc
     return text

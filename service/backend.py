@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from bertserve.commands import one_line
+
 from .artifact import Artifact, ArtifactError, Variant
 
 log = logging.getLogger("bertserve")
@@ -123,7 +125,7 @@ class OnnxBackend:
             try:
                 return ort.InferenceSession(str(path), options, providers=providers)
             except Exception as exc:  # ORT raises its own types for an unparsable graph
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                reason = one_line(exc, 200)
                 raise ArtifactError(f"{path} is not a loadable ONNX graph ({reason})") from exc
 
         self.encoder = open_session(variant.encoder)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from bertserve.commands import one_line
+
 from .config import BertConfig
 from .io import apply_umask, write_atomic
 
@@ -35,11 +37,6 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointError(ValueError):
     """A directory that is not a usable checkpoint."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -78,7 +75,9 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(safetensors_path))
         except Exception as exc:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{safetensors_path} is unreadable ({_first_line(exc)})") from exc
+            raise CheckpointError(
+                f"{safetensors_path} is unreadable ({one_line(exc, 300)})"
+            ) from exc
     bin_path = directory / "pytorch_model.bin"
     if bin_path.is_file():
         try:
@@ -88,14 +87,14 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError as exc:  # torch's refusal of anything but plain tensors
             detail = next(
                 (line.strip() for line in str(exc).splitlines() if "Unsupported" in line),
-                _first_line(exc),
+                one_line(exc, 300),
             )
             raise CheckpointError(
                 f"{bin_path} holds Python objects besides tensors, which could run code when "
                 f"loaded; refused (torch.load weights_only=True: {detail[:200]})"
             ) from exc
         except Exception as exc:
-            raise CheckpointError(f"{bin_path} is unreadable ({_first_line(exc)})") from exc
+            raise CheckpointError(f"{bin_path} is unreadable ({one_line(exc, 300)})") from exc
         if not isinstance(state, dict):
             raise CheckpointError(f"{bin_path} does not hold a state dict")
         return dict(state)
@@ -191,7 +190,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
             raise KeyError(f"no {', '.join(absent)}")
     except Exception as exc:  # truncated zip, foreign pickle, missing keys
         raise CheckpointError(
-            f"{path} is damaged or not a bertserve training state ({_first_line(exc)}); resume "
+            f"{path} is damaged or not a bertserve training state ({one_line(exc, 300)}); resume "
             "from an earlier checkpoint-N"
         ) from exc
     return state

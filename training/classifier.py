@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bertserve.commands import last_line
+
 from .checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict, save_weights
 from .config import BertConfig
 from .io import write_text_atomic
@@ -116,7 +118,7 @@ def from_pretrained(
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        reason = (str(exc).strip().splitlines() or ["size mismatch"])[-1].strip()
+        reason = last_line(exc, "size mismatch")
         raise CheckpointError(f"{directory}: weights do not fit config.json ({reason})") from exc
     fresh = [k for k in missing if k.startswith(("classifier.", "bert.pooler."))]
     if unexpected or len(fresh) != len(missing):

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from bertserve.commands import listing
+
 from . import checkpoint as ckpt
 from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
 from .io import write_text_atomic
@@ -163,10 +165,9 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     foreign = [n for n in names if n not in _OWN and not n.endswith(".tmp")]
     if not is_run or foreign:
-        shown = ", ".join((foreign or names)[:4])
         raise FinetuneError(
-            f"--out {out} holds files that are not a bert-finetune run ({shown}); choose a new "
-            "or empty folder"
+            f"--out {out} holds files that are not a bert-finetune run "
+            f"({listing(foreign or names)}); choose a new or empty folder"
         )
     if not overwrite:
         raise FinetuneError(

@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from bertserve.commands import listing
+
 MARKER = "train_config.json"
 # every name a run writes (checkpoint-N folders, their temporary and doomed twins, atomic temps)
 _OWN_FILES = {
@@ -41,11 +43,6 @@ def _ours(name: str) -> bool:
     return name in _OWN_FILES or bool(_OWN_PATTERN.match(name))
 
 
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(sorted(names)[:4])
-    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-
 def is_run(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
@@ -62,12 +59,12 @@ def check_new_run(out: Path, overwrite: bool) -> None:
     foreign = [name for name in names if not _ours(name)]
     if not is_run(out):
         raise RunDirError(
-            f"--out {out} is not empty and is not a bertserve run (it holds {_listing(names)}); "
+            f"--out {out} is not empty and is not a bertserve run (it holds {listing(names)}); "
             "choose a new or empty folder"
         )
     if foreign:
         raise RunDirError(
-            f"--out {out} holds a run and files that are not the run's ({_listing(foreign)}); "
+            f"--out {out} holds a run and files that are not the run's ({listing(foreign)}); "
             "move them or choose another folder"
         )
     if not overwrite:
