@@ -5,7 +5,10 @@ on STS-B train (scores 0-5, MSE), the best epoch chosen on STS-B dev, scored by 
 STS-B test. Both trainers get the same model, data, hyperparameters (lr, batch, epochs, 10%
 warmup then linear decay, weight decay 0.01, max length 128, seed) and the same threads;
 examples/s is training examples x epochs over the wall time of the whole training (per-epoch
-evaluation included in both). Needs `pip install accelerate` for Trainer.
+evaluation included in both), bf16 autocast in both where the CPU has native bf16 (bert-finetune's
+--bf16 auto; Trainer's bf16=True). bert-finetune sorts examples by length within groups of 50
+batches (its default); Trainer runs with its defaults (group_by_length off). Needs
+`pip install accelerate` for Trainer.
 
   python bench/finetune_sts.py --epochs 4 --threads 2
 """
@@ -25,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bertserve.training.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 STS = ROOT.parent / "shared" / "corpora" / "stsbenchmark"
@@ -107,13 +113,15 @@ def trainer(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, fl
         return {"spearman": spearman(np.asarray(prediction.predictions).reshape(-1),
                                      list(prediction.label_ids))}  # fmt: skip
 
+    steps = int(np.ceil(len(train) / args.batch_size) * args.epochs)
     settings = transformers.TrainingArguments(
         output_dir=str(out),
         num_train_epochs=args.epochs,
         learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64,
-        warmup_ratio=0.1,
+        warmup_steps=int(0.1 * steps),
+        bf16=cpu_has_native_bf16(),  # like for like: bert-finetune's --bf16 auto
         weight_decay=0.01,
         lr_scheduler_type="linear",
         eval_strategy="epoch",

@@ -30,6 +30,7 @@ from bertserve.commands import listing
 from . import checkpoint as ckpt
 from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
 from .io import write_text_atomic
+from .precision import autocast, use_bf16
 from .task_data import (
     Columns,
     Examples,
@@ -85,6 +86,7 @@ class FinetuneConfig:
     dropout: float | None = None  # the head's; default: the model's hidden dropout
     class_weights: list[float] | None = None  # per class, in label order
     eval_every: int | None = None  # steps, besides every epoch end
+    bf16: str = "auto"  # autocast for training steps: on, off, auto (CPUs with native bf16)
     seed: int = 0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -233,6 +235,23 @@ def report(task: Task, logits: np.ndarray) -> dict[str, Any]:
     )
 
 
+GROUP = 50  # batches whose examples are sorted by length together (less padding)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's batches: a seeded shuffle, cut into groups of GROUP batches whose examples
+    are sorted by length (so a batch pads little), then the batches shuffled. A function of
+    (seed, epoch) alone, which is what makes --resume exact."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    span = batch_size * GROUP
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        order[start : start + span] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def lr_factor(progress: float, warmup: float) -> float:
     """Linear warmup over the first `warmup` of the run, then linear decay to 0."""
     if progress < warmup:
@@ -288,6 +307,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
         best = float(state["data"]["best"])
         print(f"resuming {out} at step {step} of {total}")
     targets = torch.from_numpy(task.train_targets)
+    lengths = np.array([len(row) for row in train_rows])
+    bf16 = use_bf16(cfg.bf16, torch.device("cpu"))
+    print(f"precision: {'bf16 autocast' if bf16 else 'fp32'} for training steps; fp32 to evaluate")
     class_weights = None if task.weights is None else torch.from_numpy(task.weights)
     metrics_path = out / "metrics.jsonl"
     _trim_metrics(metrics_path, step if resume else None)
@@ -319,6 +341,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     bar = tqdm(total=total, initial=step, desc="finetune", unit="step", disable=not cfg.progress)
     running: list[float] = []  # recent training losses and accuracies, for the progress bar
     hits: list[float] = []
+    batches: list[np.ndarray] | None = None
     started = time.monotonic() - elapsed
     with open(metrics_path, "a", encoding="utf-8") as log:
         while step < total:
@@ -326,14 +349,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
             if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
                 break
             epoch, position = divmod(step, per_epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_rows))
-            pick = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+            if position == 0 or batches is None:
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+            pick = batches[position]
             batch = collate([train_rows[i] for i in pick], pad)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
             factor = lr_factor(progress_of(step, elapsed), cfg.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
-            logits = model(**batch)
+            with autocast(torch.device("cpu"), bf16):
+                logits = model(**batch).float()  # (B, C)
             loss = loss_of(logits, targets[pick], task.problem_type, class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

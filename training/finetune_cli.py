@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "chooses the best checkpoint",
     )
     opt.add_argument("--eval-every", type=int, help="steps, besides every epoch end")
+    opt.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bf16 autocast for training steps (auto: on CPUs with native bf16, and CUDA)",
+    )
     opt.add_argument("--seed", type=int, default=0)
     run = p.add_argument_group("run")
     run.add_argument(
@@ -133,6 +139,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         dropout=args.dropout,
         class_weights=weights,
         eval_every=args.eval_every,
+        bf16=args.bf16,
         seed=args.seed,
         progress=args.progress,
     )

@@ -30,6 +30,7 @@ from .io import write_text_atomic
 from .masking import Masker
 from .model import BertForPreTraining, PreTrainingOutput, pretraining_loss
 from .pairs import PairGenerator
+from .precision import autocast, use_bf16
 from .tally import Tally
 from .token_store import build_or_load
 from .tokenizer import (
@@ -242,27 +243,6 @@ def evaluate(run: Run, forward: Any) -> dict[str, float]:
         result.pop("nsp_loss")
         result.pop("nsp_acc")
     return result
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively instead of being emulated (slower)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    if setting == "auto":
-        return device.type == "cuda" or cpu_has_native_bf16()
-    return setting == "on"
-
-
-def autocast(device: torch.device, enabled: bool = True) -> Any:
-    if enabled:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def save(run: Run, optimizer: torch.optim.Optimizer, directory: Path, with_state: bool) -> None:
