@@ -1,4 +1,4 @@
-"""POST /embed and /v1/embeddings straight from ASGI, past FastAPI's router, dependency
+"""POST /embed, /v1/embeddings and /classify straight from ASGI, past FastAPI's router, dependency
 injection and body handling.
 
 Profiled under 32 concurrent single-sentence clients, that machinery was over half of the event
@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .edge import send_json
 from .engine import Engine
 from .errors import error_body, known_error, validation_error
-from .routes import embed_payload, json_bytes, openai_payload, ready_engine
-from .schemas import EmbedRequest, OpenAIEmbeddingRequest
+from .routes import classify_payload, embed_payload, json_bytes, openai_payload, ready_engine
+from .schemas import ClassifyRequest, EmbedRequest, OpenAIEmbeddingRequest
 from .settings import Settings
 
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
@@ -32,6 +32,7 @@ Handler = Callable[[Any, Engine, Settings], Awaitable[dict[str, Any]]]
 HOT_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
     "/embed": (EmbedRequest, embed_payload),
     "/v1/embeddings": (OpenAIEmbeddingRequest, openai_payload),
+    "/classify": (ClassifyRequest, classify_payload),
 }
 
 

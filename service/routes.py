@@ -297,6 +297,13 @@ async def next_sentence(
 
 @api.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
 async def classify(body: ClassifyRequest, engine: EngineDep, settings: SettingsDep) -> Response:
+    # answered by service.hot_path before routing; this route gives /docs its schema
+    return json_response(await classify_payload(body, engine, settings))
+
+
+async def classify_payload(
+    body: ClassifyRequest, engine: Engine, settings: Settings
+) -> dict[str, Any]:
     """A sequence classifier's labels per input, best first: the shape of transformers'
     text-classification pipeline inside `data[i].labels`; a regression model's `score`."""
     inputs: list[Any] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
@@ -331,13 +338,11 @@ async def classify(body: ClassifyRequest, engine: EngineDep, settings: SettingsD
         item["truncated"] = tokens.truncated
         data.append(item)
     count = sum(len(t.ids) for t in tokenized)
-    return json_response(
-        {
-            "model": engine.model_name,
-            "data": data,
-            "usage": {"prompt_tokens": count, "total_tokens": count},
-        }
-    )
+    return {
+        "model": engine.model_name,
+        "data": data,
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }
 
 
 @api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
