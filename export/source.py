@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from bertserve.commands import last_line, one_line
-from bertserve.training.checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict
+from bertserve.training.checkpoint import CheckpointError, bert_weights
 from bertserve.training.config import BertConfig
 from bertserve.training.model import BertForPreTraining
 from bertserve.training.tokenizer import load_tokenizer
@@ -108,16 +108,9 @@ def load_source(path: Path) -> Source:
     if not ((path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()):
         raise SourceError(f"{path} has neither tokenizer.json nor vocab.txt")
     try:
-        state = normalize_hf_state_dict(read_state_dict(path))
+        state = bert_weights(path)
     except CheckpointError as exc:
         raise SourceError(str(exc)) from exc
-
-    # A bare BertModel stores its encoder without the "bert." prefix.
-    if not any(k.startswith("bert.") for k in state):
-        state = {
-            (k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"): v
-            for k, v in state.items()
-        }
     classifier = _classifier_head(path, raw_config, state)
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = BertForPreTraining(config)

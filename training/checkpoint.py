@@ -101,6 +101,19 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory} has neither {WEIGHTS_FILE} nor pytorch_model.bin")
 
 
+def bert_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """A BERT folder's tensors under our names (`bert.*`, `cls.*`, `classifier.*`): HF
+    spellings mapped by normalize_hf_state_dict, and a bare BertModel's (sentence-transformers
+    folders store one) given the `bert.` prefix."""
+    state = normalize_hf_state_dict(read_state_dict(directory))
+    if not any(name.startswith("bert.") for name in state):
+        state = {
+            (n if n.startswith(("cls.", "classifier.")) else f"bert.{n}"): t
+            for n, t in state.items()
+        }
+    return state
+
+
 def load_model(directory: Path) -> Any:
     """A BertForPreTraining from a checkpoint directory (ours or HF's BertForPreTraining)."""
     from .model import BertForPreTraining

@@ -17,7 +17,7 @@ from torch import nn
 
 from bertserve.commands import last_line
 
-from .checkpoint import CheckpointError, normalize_hf_state_dict, read_state_dict, save_weights
+from .checkpoint import CheckpointError, bert_weights, save_weights
 from .config import BertConfig
 from .io import write_text_atomic
 from .model import BertModel
@@ -77,17 +77,6 @@ def read_config(directory: Path) -> dict[str, Any]:
     return data
 
 
-def encoder_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under our names, a bare BertModel's given the `bert.` prefix."""
-    state = normalize_hf_state_dict(read_state_dict(directory))
-    if not any(name.startswith("bert.") for name in state):
-        state = {
-            (n if n.startswith(("cls.", "classifier.")) else f"bert.{n}"): t
-            for n, t in state.items()
-        }
-    return state
-
-
 def from_pretrained(
     directory: Path, labels: list[str], problem_type: str, dropout: float | None = None
 ) -> tuple[BertForSequenceClassification, list[str]]:
@@ -102,7 +91,7 @@ def from_pretrained(
     untrained_pooler = cfg.trained_heads is not None and "nsp" not in cfg.trained_heads
     cfg.trained_heads = None
     model = BertForSequenceClassification(cfg, labels, problem_type, dropout)
-    state = {k: v for k, v in encoder_weights(directory).items() if k.startswith("bert.")}
+    state = {k: v for k, v in bert_weights(directory).items() if k.startswith("bert.")}
     if untrained_pooler:
         state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
     head = raw.get("id2label")
@@ -113,7 +102,7 @@ def from_pretrained(
     )
     if same_head:  # continuing from a classifier with these very labels keeps its head
         state.update(
-            {k: v for k, v in encoder_weights(directory).items() if k.startswith("classifier.")}
+            {k: v for k, v in bert_weights(directory).items() if k.startswith("classifier.")}
         )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
