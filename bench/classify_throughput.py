@@ -16,42 +16,29 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.export_speed import cpu_description, real_sentences  # noqa: E402
 from bench.serve_load import free_port, run_wrk, start, stop, wait_ready  # noqa: E402
+from bench.serve_throughput import RawOrt  # noqa: E402
 
 
 def raw_rate(artifact: Path, precision: str, sentences: list[str], threads: int) -> float:
-    """Best sentences/s of encoder + classifier head over 3 passes, batches of 32."""
+    """Best sentences/s of encoder + classifier head over 3 passes, batches of 32 sorted by
+    length (serve_throughput's RawOrt batches, plus the head)."""
     from bertserve.export.parity import session
     from bertserve.service.artifact import load_artifact
-    from bertserve.service.text import TextEncoder
 
-    art = load_artifact(artifact)
-    variant = art.variants[precision]
-    text = TextEncoder(art.tokenizer_json, art.max_seq_len)
-    encoder, head = session(variant.encoder, threads), session(variant.classifier_head, threads)
-    ordered = sorted(sentences, key=len)
-    feeds = []
-    for i in range(0, len(ordered), 32):
-        tokens = text.encode(ordered[i : i + 32])
-        width = max(len(t.ids) for t in tokens)
-        ids = np.zeros((len(tokens), width), np.int64)
-        mask = np.zeros_like(ids)
-        for row, t in enumerate(tokens):
-            ids[row, : len(t.ids)], mask[row, : len(t.ids)] = t.ids, 1
-        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * ids})
+    raw = RawOrt(artifact, precision, sentences, threads)
+    head = session(load_artifact(artifact).variants[precision].classifier_head, threads)
     best = 0.0
     for _ in range(3):
         start_s = time.perf_counter()
-        for feed in feeds:
-            pooled = encoder.run(["pooler_output"], feed)[0]
+        for feed in raw.feeds:
+            pooled = raw.session.run(["pooler_output"], feed)[0]
             head.run(None, {"pooled": pooled})
-        best = max(best, len(ordered) / (time.perf_counter() - start_s))
+        best = max(best, raw.sentences / (time.perf_counter() - start_s))
     return best
 
 

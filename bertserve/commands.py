@@ -5,6 +5,8 @@ ModuleNotFoundError traceback), and one-line error messages."""
 from __future__ import annotations
 
 import importlib.util
+import sys
+from collections.abc import Callable
 
 # command -> (extra, modules that extra installs and the command imports)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -48,3 +50,32 @@ def listing(names: list[str], shown: int = 4) -> str:
     ordered = sorted(names)
     more = f" and {len(ordered) - shown} more" if len(ordered) > shown else ""
     return ", ".join(ordered[:shown]) + more
+
+
+def run_command(
+    command: str,
+    work: Callable[[], object],
+    bad_input: tuple[type[BaseException], ...],
+    failed: tuple[type[BaseException], ...] = (),
+    interrupted: str | None = None,
+) -> int:
+    """Runs a command's work with the exit codes every command shares: 0 done; 2 for bad input
+    and permission errors (one line on stderr); 1 for `failed` (e.g. a failed parity gate);
+    130 on Ctrl-C, saying `interrupted` (how to continue) when given."""
+    try:
+        work()
+    except failed as exc:
+        print(f"{command}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(f"{command}: error: permission denied: {exc.filename}", file=sys.stderr)
+        return 2
+    except bad_input as exc:
+        print(f"{command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(f"{command}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    return 0

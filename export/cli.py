@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bertserve.commands import missing_extra, one_line
+from bertserve.commands import missing_extra, run_command
 
 # export.variants.QUANT_CHOICES, spelled out so that --help works before the heavy imports
 # (a test keeps the two equal)
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from .source import SourceError, resolve_checkpoint
 
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    try:
+
+    def work() -> None:
         checkpoint, model_id = resolve_checkpoint(args.checkpoint, args.revision)
         options = ExportOptions(
             precisions,
@@ -97,18 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name or model_id,
         )
         manifest = export_artifact(checkpoint, args.out, options)
-    except (SourceError, ExportPathError, ValueError) as exc:
-        print(f"bert-export: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:
-        print(f"bert-export: error: permission denied: {exc.filename}", file=sys.stderr)
-        return 2
-    except ParityError as exc:
-        print(f"bert-export: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    print(summary_table(manifest, args.out))
-    print(f"artifact written to {args.out}")
-    return 0
+        print(summary_table(manifest, args.out))
+        print(f"artifact written to {args.out}")
+
+    return run_command(
+        "bert-export", work, (SourceError, ExportPathError, ValueError), failed=(ParityError,)
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from .artifact import Artifact
 from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
 from .metrics import Metrics
-from .pooling import l2_normalize, pool_one
+from .pooling import l2_normalize, pool_one, softmax
 from .text import LongText, TextEncoder, Tokenized, Window
 
 
@@ -195,8 +195,7 @@ class Engine:
             self.backend.mlm_logits, np.ascontiguousarray(encoded.hidden[positions])
         )  # (m, V)
         logits = logits[:, : self.text.vocab_size]
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        probs = softmax(logits)
         results = []
         for row in probs:
             if target_ids is not None:
@@ -219,5 +218,4 @@ class Engine:
             raise MissingHead("this model has no next-sentence head")
         pooled = np.stack([e.pooled for e in encoded if e.pooled is not None])  # (B, H)
         logits = await self.batcher.run_in_model_thread(self.backend.nsp_logits, pooled)  # (B, 2)
-        shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        return [float(p) for p in shifted[:, 0] / shifted.sum(-1)]
+        return [float(p) for p in softmax(logits)[:, 0]]

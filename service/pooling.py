@@ -57,3 +57,10 @@ def cosine(a: Floats, b: Floats) -> Floats:
     """Row-wise cosine similarity of (N, H) arrays."""
     similarity: Floats = (l2_normalize(a) * l2_normalize(b)).sum(axis=-1)
     return similarity
+
+
+def softmax(logits: Floats) -> Floats:
+    """(..., C) -> probabilities over the last axis, stable for large logits."""
+    shifted: Floats = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities: Floats = shifted / shifted.sum(-1, keepdims=True)
+    return probabilities

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .engine import Engine, InvalidInput, MissingHead, encode_vector
 from .errors import NotReady, TooLarge
+from .pooling import softmax
 from .schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -321,10 +322,9 @@ async def classify_payload(
     regression = engine.artifact.regression
     function = body.function_to_apply or ("none" if regression else "softmax")
     if function == "softmax":
-        shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        scores = shifted / shifted.sum(-1, keepdims=True)
+        scores = softmax(logits)
     elif function == "sigmoid":
-        scores = 1 / (1 + np.exp(-logits))
+        scores = (1 / (1 + np.exp(-logits))).astype(np.float32)
     else:
         scores = logits
     data = []

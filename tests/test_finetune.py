@@ -333,3 +333,21 @@ def test_a_regression_model_is_served_as_a_score(trained_checkpoint, tmp_path):
     [(status, body)] = _classify(artifact, [{"inputs": [["a b", "c d"], ["e", "f"]]}])
     assert status == 200, body
     assert all(set(item) == {"index", "score", "truncated"} for item in body["data"])
+
+
+def test_overwrite_replaces_only_a_previous_run(
+    finetuned, task_files, trained_checkpoint, tmp_path
+):
+    import shutil
+
+    train, _ = task_files
+    args = ("--from", str(trained_checkpoint), "--train", str(train), *PAIR_ARGS, *FAST)
+    run = tmp_path / "run"
+    shutil.copytree(finetuned, run)
+    (run / "notes.txt").write_text("the user's")  # a file the run did not write
+    refused = _finetune(*args, "--out", str(run), "--overwrite", check=False)
+    assert refused.returncode == 2 and "notes.txt" in refused.stderr
+    assert (run / "notes.txt").read_text() == "the user's" and (run / "model.safetensors").exists()
+    (run / "notes.txt").unlink()
+    _finetune(*args, "--out", str(run), "--overwrite", "--epochs", "1")
+    assert json.loads((run / "finetune_config.json").read_text())["epochs"] == 1.0

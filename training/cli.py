@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bertserve.commands import missing_extra, one_line
+from bertserve.commands import missing_extra, run_command
 
 from .config import PRESETS, TrainConfig, parse_duration
 
@@ -241,23 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     from .run_dir import RunDirError
 
     overwrite = bool(args.pop("overwrite", False))
-    try:
+
+    def work() -> None:
         cfg, overrides, resume, notes = config_from_args(args)
         for note in notes:
             print(note)
         from .trainer import train
 
         train(cfg, overrides, resume, overwrite)
-    except (CorpusError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as exc:
-        print(f"bert-pretrain: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:
-        print(f"bert-pretrain: error: permission denied: {exc.filename}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bert-pretrain: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(
+        "bert-pretrain",
+        work,
+        (CorpusError, CheckpointError, RunDirError, ValueError, FileNotFoundError),
+        interrupted="resume with --resume RUN_DIR",
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from bertserve.commands import listing
 
 from . import checkpoint as ckpt
 from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
-from .io import write_text_atomic
+from .io import trim_log, write_text_atomic
+from .optim import adamw
 from .precision import autocast, use_bf16
 from .task_data import (
     Columns,
@@ -286,16 +287,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     train_rows = encode(tokenizer, task.train, cfg.max_seq_len)
     eval_rows = encode(tokenizer, task.eval, cfg.max_seq_len)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0},
-        ],
-        lr=cfg.lr,
-        eps=1e-8,
-    )
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, eps=1e-8)  # transformers' defaults
     per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * per_epoch))
     step, elapsed, best = 0, 0.0, -math.inf
@@ -312,7 +304,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     print(f"precision: {'bf16 autocast' if bf16 else 'fp32'} for training steps; fp32 to evaluate")
     class_weights = None if task.weights is None else torch.from_numpy(task.weights)
     metrics_path = out / "metrics.jsonl"
-    _trim_metrics(metrics_path, step if resume else None)
+    trim_log(metrics_path, step if resume else None)
+    evaluated_at = step if resume else None  # the state resumed from was saved at an evaluation
 
     def progress_of(at_step: int, seconds: float) -> float:
         by_steps = at_step / total
@@ -320,7 +313,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
         return min(1.0, max(by_steps, by_time))
 
     def evaluate_and_keep(log: Any) -> None:
-        nonlocal best
+        nonlocal best, evaluated_at
+        evaluated_at = step
         figures = report(task, predict(model, eval_rows, pad))
         name, value = headline(figures)
         record = {"split": "eval", "step": step, "epoch": step / per_epoch, **_flat(figures)}
@@ -381,7 +375,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
             elapsed = time.monotonic() - started
             if step % per_epoch == 0 or (cfg.eval_every and step % cfg.eval_every == 0):
                 evaluate_and_keep(log)
-        if step == 0 or not (out / REPORT).is_file() or _last_eval_step(metrics_path) != step:
+        if evaluated_at != step or not (out / REPORT).is_file():
             evaluate_and_keep(log)
     bar.close()
     final = json.loads((out / REPORT).read_text())
@@ -414,28 +408,6 @@ def _save_last(
             "data": {"best": best},
         },
     )
-
-
-def _trim_metrics(path: Path, keep_through_step: int | None) -> None:
-    if keep_through_step is None:
-        path.unlink(missing_ok=True)
-        return
-    if path.is_file():
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= keep_through_step
-        ]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _last_eval_step(path: Path) -> int | None:
-    steps = [
-        json.loads(line)["step"]
-        for line in path.read_text().splitlines()
-        if line.strip() and '"split": "eval"' in line
-    ]
-    return steps[-1] if steps else None
 
 
 def _flat(figures: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from bertserve.commands import missing_extra, one_line
+from bertserve.commands import missing_extra, run_command
 
 from .config import parse_duration
 
@@ -154,19 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .finetune import finetune
 
-    try:
-        cfg = config_from_args(args)
-        finetune(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"bert-finetune: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:
-        print(f"bert-finetune: error: permission denied: {exc.filename}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bert-finetune: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(
+        "bert-finetune",
+        lambda: finetune(config_from_args(args), resume=args.resume, overwrite=args.overwrite),
+        (CheckpointError, ValueError, FileNotFoundError),
+        interrupted="continue with --resume",
+    )
 
 
 if __name__ == "__main__":

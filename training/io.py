@@ -6,6 +6,7 @@ non-root user or another account."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,3 +48,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def trim_log(path: Path, keep_through_step: int | None) -> None:
+    """A metrics.jsonl before a run appends to it: cut back to the lines up to the resumed
+    step (a killed run logged steps it will now repeat), or removed for a fresh run."""
+    if keep_through_step is None:
+        path.unlink(missing_ok=True)
+    elif path.is_file():
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= keep_through_step
+        ]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -26,9 +26,10 @@ from .batches import Batch, BatchSource, split_documents
 from .config import BertConfig, TrainConfig, preset
 from .corpus import Corpus
 from .distributed import Rank, init_distributed, pick_device
-from .io import write_text_atomic
+from .io import trim_log, write_text_atomic
 from .masking import Masker
 from .model import BertForPreTraining, PreTrainingOutput, pretraining_loss
+from .optim import adamw
 from .pairs import PairGenerator
 from .precision import autocast, use_bf16
 from .tally import Tally
@@ -71,17 +72,7 @@ def in_long_phase(cfg: TrainConfig, step: int, elapsed: float) -> bool:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and LayerNorm weights, as the original."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused or None
-    )
+    return adamw(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps, fused)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -289,15 +280,7 @@ def _logfile(path: Path, keep_through_step: int | None, enabled: bool) -> Iterat
     if not enabled:
         yield None
         return
-    if keep_through_step is not None and path.is_file():
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= keep_through_step
-        ]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-    elif keep_through_step is None:
-        path.unlink(missing_ok=True)
+    trim_log(path, keep_through_step)
     with open(path, "a", encoding="utf-8") as handle:
         yield handle
 
