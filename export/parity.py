@@ -95,11 +95,19 @@ def parity_batches(source: Source) -> list[Batch]:
     return batches
 
 
-def session(path: Any, threads: int = 2) -> ort.InferenceSession:
+def session(path: Any, threads: int = 2, gpu: bool = False) -> ort.InferenceSession:
+    """A CPU session, or with `gpu` one on ONNX Runtime's CUDA provider when this onnxruntime
+    has it (fp16's gate is then checked where fp16 is served)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if gpu and GPU_PROVIDER in ort.get_available_providers():
+        providers.insert(0, GPU_PROVIDER)
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+GPU_PROVIDER = "CUDAExecutionProvider"
 
 
 def _masked_copy(batch: Batch, mask_id: int, special: set[int]) -> tuple[Batch, np.ndarray]:

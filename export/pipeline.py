@@ -178,9 +178,11 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         if classifier:
             entry["classifier_head"] = classifier
         try:
+            encoder = parity.session(root / entry["encoder"], gpu=name == "fp16")
+            measured_on = encoder.get_providers()[0]
             figures = parity.measure(
                 ref,
-                parity.session(root / entry["encoder"]),
+                encoder,
                 mlm_session,
                 nsp_session,
                 pooling,
@@ -195,12 +197,12 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
             entry["rejected"] = True
             tqdm.write(
                 f"warning: {name} parity could not be measured on CPU; marked rejected "
-                "(serve it with --precision {name} on a GPU after checking it there)"
+                f"(serve it with --precision {name} on a GPU after checking it there)"
             )
             continue
         missed = parity.failures(name, figures)
         gate = {**parity.GATES[name], **(parity.CLASSIFIER_GATES[name] if classifier else {})}
-        entry["parity"] = {**figures, "gate": gate, "passed": not missed}
+        entry["parity"] = {**figures, "provider": measured_on, "gate": gate, "passed": not missed}
         entry["rejected"] = bool(missed)
         if missed and name == "fp32":
             raise ParityError(f"fp32 ONNX does not match PyTorch: {'; '.join(missed)}")

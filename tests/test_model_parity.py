@@ -87,6 +87,38 @@ def test_outputs_do_not_depend_on_padding_or_batch_company():
             assert (batched.nsp_logits[row] - alone.nsp_logits[0]).abs().max() <= 1e-5
 
 
+def test_full_rows_without_a_mask_match_padded_rows_in_loss_and_gradients():
+    """Batches with no padding run with no mask (SDPA's flash kernel on a GPU): the same rows
+    padded to a wider batch with a mask must give the same loss and the same gradients."""
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(5, TINY.vocab_size, (2, 16), generator=g)  # (B, T), every slot a token
+    types = torch.zeros_like(ids)
+    types[:, 9:] = 1
+    cols = torch.tensor([2, 5, 11, 3, 14])
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    labels = torch.randint(5, TINY.vocab_size, (5,), generator=g)
+    nsp = torch.tensor([0, 1])
+
+    def loss_and_grads(width: int, with_mask: bool):
+        torch.manual_seed(0)
+        model = _trained_like(BertForPreTraining(TINY)).eval()  # no dropout: exact comparison
+        padded = torch.zeros(2, width, dtype=torch.long)
+        padded[:, :16] = ids
+        padded_types = torch.zeros_like(padded)
+        padded_types[:, :16] = types
+        mask = (torch.arange(width) < 16).long().expand(2, width) if with_mask else None
+        out = model(padded, mask, padded_types, rows * width + cols)
+        loss = pretraining_loss(out, labels, nsp)[0]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_free, grads_free = loss_and_grads(16, with_mask=False)
+    loss_padded, grads_padded = loss_and_grads(24, with_mask=True)
+    assert abs(float(loss_free - loss_padded)) <= 1e-6
+    for name, grad in grads_free.items():
+        assert (grad - grads_padded[name]).abs().max() <= 1e-5, name
+
+
 def test_masked_positions_gather_equals_full_head():
     torch.manual_seed(0)
     model = _trained_like(BertForPreTraining(TINY)).eval()

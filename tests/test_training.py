@@ -153,16 +153,22 @@ RESUME_ARGS = (
 )
 
 
-def test_resume_after_sigkill_repeats_the_uninterrupted_losses(tmp_path, english_tokenizer):
+@pytest.mark.parametrize("data_worker", ["off", "on"])
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses(
+    tmp_path, english_tokenizer, data_worker
+):
+    """With the batch worker on, the killed and resumed run must still repeat the losses of an
+    uninterrupted run built in the loop itself: the same batches, and resume at the right one."""
     english_tokenizer.save(str(tmp_path / "tokenizer.json"))
     args = (*RESUME_ARGS, "--tokenizer", str(tmp_path / "tokenizer.json"))
     whole = tmp_path / "whole"
-    _pretrain(*args, "--out", str(whole))
+    _pretrain(*args, "--out", str(whole), "--data-worker", "off")
     expected = _losses(whole)
     assert sorted(expected) == list(range(1, 41))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "bertserve.training", "--no-progress", *args, "--out", str(killed)]
+    cmd += ["--data-worker", data_worker]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint-15").exists():

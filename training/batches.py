@@ -21,22 +21,33 @@ class Batch:
     masked_positions: torch.Tensor  # (N,) long, indices into the flattened (B*T) tokens
     masked_labels: torch.Tensor  # (N,) long, original token ids there
     nsp_labels: torch.Tensor | None  # (B,) long, 0 = IsNext, 1 = NotNext; None without NSP
+    # counted on the host when the batch is built, so the training loop never waits on the
+    # device to learn them
+    num_tokens: int = 0  # real (unpadded) tokens
+    padded: bool = True  # False when every row is full: the model then runs without a mask
 
     @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+    def model_mask(self) -> torch.Tensor | None:
+        """The attention mask to give the model: None when nothing is padding."""
+        return self.attention_mask if self.padded else None
 
     def to(self, device: torch.device) -> Batch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+        """Copies to `device`; on CUDA through pinned memory, so the copies do not wait for the
+        work already queued on the GPU."""
+        pin = device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
         return Batch(
-            self.input_ids.to(device, non_blocking=True),
-            self.token_type_ids.to(device, non_blocking=True),
-            self.attention_mask.to(device, non_blocking=True),
-            self.masked_positions.to(device, non_blocking=True),
-            self.masked_labels.to(device, non_blocking=True),
-            move(self.nsp_labels),
+            move(self.input_ids),
+            move(self.token_type_ids),
+            move(self.attention_mask),
+            move(self.masked_positions),
+            move(self.masked_labels),
+            None if self.nsp_labels is None else move(self.nsp_labels),
+            self.num_tokens,
+            self.padded,
         )
 
 
@@ -67,6 +78,8 @@ def collate(
         torch.from_numpy(np.concatenate(positions).astype(np.int64)),
         torch.from_numpy(np.concatenate(labels).astype(np.int64)),
         None if nsp[0] < 0 else torch.tensor(nsp, dtype=torch.long),
+        num_tokens=int(attention.sum()),
+        padded=not attention.all(),
     )
 
 
@@ -95,6 +108,9 @@ class BatchSource:
             masked = self.masker(instance.tokens, self._mask_rng(instance))
             examples.append((instance, masked.input_ids, masked.positions, masked.labels))
         return collate(examples, self.pad_id)
+
+    def set_max_seq_len(self, max_seq_len: int) -> None:
+        self.pairs.set_max_seq_len(max_seq_len)
 
     def state_dict(self) -> dict[str, Any]:
         return self.pairs.state_dict()

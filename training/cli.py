@@ -126,7 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-norm", type=float, help=f"({d.clip_norm})")
     opt.add_argument("--max-steps", type=int)
     opt.add_argument("--time-budget", metavar="DURATION", help="wall clock, e.g. 90s, 10m, 2h")
-    opt.add_argument("--compile", action="store_true", help="torch.compile the model")
+    opt.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        help=f"torch.compile the model; auto: on CUDA ({d.compile})",
+    )
+    opt.add_argument(
+        "--data-worker",
+        choices=["auto", "on", "off"],
+        help="build batches in a worker process, ahead of the loop (resume stays exact); "
+        f"auto: on CUDA ({d.data_worker})",
+    )
     opt.add_argument(
         "--bf16",
         choices=["auto", "on", "off"],

@@ -153,7 +153,9 @@ class TrainConfig:
     clip_norm: float = 1.0
     max_steps: int | None = None
     time_budget_s: float | None = None
-    compile: bool = False
+    compile: str = "auto"  # torch.compile: on, off, or auto (on CUDA)
+    # batches built in a worker process: on, off, or auto (on CUDA, where the loop outruns them)
+    data_worker: str = "auto"
     bf16: str = "auto"  # autocast: on, off, or auto (on CUDA and on CPUs with native bf16)
     device: str = "auto"
     # bookkeeping

@@ -54,26 +54,34 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
-        # ONNX export sets this False: the explicit softmax(QK^T/sqrt(d) + mask)V graph is the
-        # pattern onnxruntime.transformers fuses into its Attention kernel.
+        # ONNX export sets this False: three projections and the explicit
+        # softmax(QK^T/sqrt(d) + mask)V graph are the pattern onnxruntime.transformers fuses
+        # into its Attention kernel.
         self.use_sdpa = True
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, H) float; keep: (B, 1, 1, T) bool, True where a key may be attended."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, H) float; keep: (B, 1, 1, T) bool, True where a key may be attended, or
+        None when no position is padding (SDPA may then pick its flash kernel)."""
         B, T, H = x.shape
         hs = H // self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, T, self.num_heads, hs).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))  # (B, nh, T, hs)
-        if self.use_sdpa:
-            dropout = self.dropout_p if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
-        else:
-            bias = (1.0 - keep.to(q.dtype)) * -10000.0  # (B, 1, 1, T), HF's additive mask
-            scores = q @ k.transpose(-1, -2) / math.sqrt(hs) + bias  # (B, nh, T, T)
+        if not self.use_sdpa:
+            q, k, v = (
+                proj(x).view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+                for proj in (self.query, self.key, self.value)
+            )
+            scores = q @ k.transpose(-1, -2) / math.sqrt(hs)  # (B, nh, T, T)
+            if keep is not None:
+                scores = scores + (1.0 - keep.to(q.dtype)) * -10000.0  # HF's additive mask
             y = scores.softmax(-1) @ v  # (B, nh, T, hs)
+            return y.transpose(1, 2).reshape(B, T, H)
+        # one (H, 3H) GEMM instead of three; the parameters keep Hugging Face's names, and the
+        # concatenation is a (3H, H) copy, small beside the (B*T, H) x (H, 3H) product
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
+        qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, hs)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        dropout = self.dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
         return y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
 
 
@@ -96,7 +104,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)
         self.output = BertSelfOutput(cfg, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, keep), x)
 
 
@@ -117,7 +125,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertSelfOutput(cfg, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         x = self.attention(x, keep)
         return self.output(self.intermediate(x), x)  # (B, T, H)
 
@@ -127,7 +135,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
             x = layer(x, keep)
         return x
@@ -157,12 +165,12 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask, token_type_ids: (B, T) int. Returns (B, T, H), (B, H)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """input_ids, attention_mask, token_type_ids: (B, T) int; attention_mask None = no
+        padding. Returns (B, T, H), (B, H)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        # no mask at all when nothing is padding: SDPA's flash kernel takes no mask
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), keep)  # (B, T, H)
         return hidden, self.pooler(hidden)
 

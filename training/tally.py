@@ -25,6 +25,7 @@ class Tally:
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.counts = {"mlm_count": 0, "nsp_count": 0}
         self.tokens = 0
         self.steps = 0
 
@@ -37,22 +38,19 @@ class Tally:
             nsp_n = batch.nsp_labels.numel()
         else:
             nsp_hit, nsp_n = torch.zeros((), device=total.device), 0
-        row = torch.stack(
-            [
-                total,
-                mlm,
-                nsp,
-                mlm_hit.double(),
-                torch.tensor(float(batch.masked_labels.numel()), device=total.device),
-                nsp_hit.double(),
-                torch.tensor(float(nsp_n), device=total.device),
-            ]
-        )
+        zero = torch.zeros((), dtype=torch.float64, device=total.device)
+        # counts known on the host are added there: a tensor built from a Python number on the
+        # GPU is a copy that waits for the queued work
+        row = torch.stack([total, mlm, nsp, mlm_hit.double(), zero, nsp_hit.double(), zero])
         self.sums += row.to(self.sums.device)
+        self.counts["mlm_count"] += batch.masked_labels.numel()
+        self.counts["nsp_count"] += nsp_n
         self.tokens += batch.num_tokens
 
     def summary(self, micro_batches: int, rank: Rank) -> dict[str, float]:
         sums = self.sums.clone()
+        for field, count in self.counts.items():
+            sums[self.FIELDS.index(field)] += count
         tokens = torch.tensor([float(self.tokens)], dtype=torch.float64, device=sums.device)
         if rank.world > 1:
             packed = torch.cat([sums, tokens]).cpu()

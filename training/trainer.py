@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .model import BertForPreTraining, PreTrainingOutput, pretraining_loss
 from .optim import adamw
 from .pairs import PairGenerator
 from .precision import autocast, use_bf16
+from .prefetch import PrefetchedBatches
 from .tally import Tally
 from .token_store import build_or_load
 from .tokenizer import (
@@ -71,6 +72,13 @@ def in_long_phase(cfg: TrainConfig, step: int, elapsed: float) -> bool:
     return False
 
 
+def on_for(setting: str | bool, device: torch.device) -> bool:
+    """An on/off/auto option (auto = on CUDA only); runs saved before it was one store a bool."""
+    if isinstance(setting, bool):
+        return setting
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
     return adamw(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps, fused)
 
@@ -85,7 +93,7 @@ class Run:
     device: torch.device
     tokenizer: Any
     specials: SpecialIds
-    train_source: BatchSource
+    train_source: BatchSource | PrefetchedBatches
     eval_batches: list[Batch]
     model: BertForPreTraining
     step: int = 0
@@ -309,12 +317,12 @@ def train(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
         )
-    if cfg.compile:
+    if on_for(cfg.compile, device):
         network = torch.compile(network)  # type: ignore[assignment]
 
     def forward(batch: Batch) -> PreTrainingOutput:
         out: PreTrainingOutput = network(
-            batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.masked_positions
+            batch.input_ids, batch.model_mask, batch.token_type_ids, batch.masked_positions
         )
         return out
 
@@ -331,7 +339,15 @@ def train(
     micro_batches = 0
     window_start = time.perf_counter()
     started = time.perf_counter() - run.elapsed
-    with _logfile(run.out / "metrics.jsonl", run.step if resume else None, rank.main) as log:
+    feed = run.train_source
+    with (
+        ExitStack() as cleanup,
+        _logfile(run.out / "metrics.jsonl", run.step if resume else None, rank.main) as log,
+    ):
+        if on_for(cfg.data_worker, device):
+            assert isinstance(feed, BatchSource)
+            feed = run.train_source = PrefetchedBatches(feed, cfg.batch_size)
+            cleanup.callback(feed.close)
         model.train()
         while True:
             run.elapsed = time.perf_counter() - started
@@ -339,10 +355,9 @@ def train(
                 break
             if deadline is not None and run.elapsed >= deadline:
                 break
-            pairs = run.train_source.pairs
-            longer = cfg.long_seq_len and pairs.max_seq_len != cfg.long_seq_len
+            longer = cfg.long_seq_len and feed.pairs.max_seq_len != cfg.long_seq_len
             if longer and in_long_phase(cfg, run.step, run.elapsed):
-                pairs.set_max_seq_len(cfg.long_seq_len)
+                feed.set_max_seq_len(cfg.long_seq_len)
                 tqdm.write(f"step {run.step}: sequences of {cfg.long_seq_len} from here on")
             # dropout depends on (seed, rank, step) alone, so resumed steps repeat exactly
             torch.manual_seed(hash((cfg.seed, rank.rank, run.step)) & 0x7FFF_FFFF)
@@ -350,7 +365,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(cfg.grad_accum):
-                batch = run.train_source.next_batch(cfg.batch_size).to(device)
+                batch = feed.next_batch(cfg.batch_size).to(device)
                 sync = micro == cfg.grad_accum - 1 or rank.world == 1
                 context = nullcontext() if sync else network.no_sync()  # type: ignore[operator]
                 with context, autocast(device, run.bf16):
