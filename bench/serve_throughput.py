@@ -78,14 +78,17 @@ class RawOrt:
     process. Measured again before every served run, so each ratio compares neighbours in time
     (this VM's speed drifts by 10-25% over minutes)."""
 
-    def __init__(self, artifact: Path, precision: str, sentences: list[str], threads: int):
+    def __init__(
+        self, artifact: Path, precision: str, sentences: list[str], threads: int, gpu: bool = False
+    ):
         from bertserve.export.parity import session
         from bertserve.service.artifact import load_artifact
         from bertserve.service.text import TextEncoder
 
         art = load_artifact(artifact)
         text = TextEncoder(art.tokenizer_json, art.max_seq_len)
-        self.session = session(art.variants[precision].encoder, threads)
+        self.session = session(art.variants[precision].encoder, threads, gpu)
+        self.provider = self.session.get_providers()[0]
         ordered = sorted(sentences, key=len)
         self.sentences = len(ordered)
         self.feeds = []
@@ -165,6 +168,9 @@ def main() -> None:
     p.add_argument("--artifact", type=Path, help="bert-export output (default: export MiniLM)")
     p.add_argument("--precision", default="int8,fp32")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="raw ORT and bert-serve on it"
+    )
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--sentences", type=int, default=1000)
@@ -203,7 +209,7 @@ def main() -> None:
         )
     results: dict[str, object] = {"threads": args.threads, "clients": args.clients}
     for precision in args.precision.split(","):
-        raw = RawOrt(artifact, precision, sentences, args.threads)
+        raw = RawOrt(artifact, precision, sentences, args.threads, args.device == "cuda")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = start(
@@ -217,6 +223,8 @@ def main() -> None:
                 str(port),
                 "--precision",
                 precision,
+                "--device",
+                args.device,
                 "--threads",
                 str(args.threads),
                 "--log-level",
@@ -250,8 +258,12 @@ def main() -> None:
             "ratio_single_rounds": ratios,
             "ratio_single": float(np.median(ratios)),
             "ratio_batch32": batched["sentences_per_s"] / raw_rate,
+            "provider": raw.provider,
         }
-        print(f"\n{precision}, {args.threads} threads, {args.clients} clients x 1 sentence:")
+        print(
+            f"\n{precision} on {raw.provider}, {args.threads} threads, "
+            f"{args.clients} clients x 1 sentence:"
+        )
         for i, (rate, _, one) in enumerate(rounds):
             print(
                 f"  round {i + 1}: raw ORT batch-32 {rate:.0f}/s, bert-serve "
@@ -271,7 +283,7 @@ def main() -> None:
             f"p50 {batched['p50_ms']:.0f} ms, p99 {batched['p99_ms']:.0f} ms"
         )
         print(f"  mean padding ratio per batch: {padding:.3f}")
-        if precision == "fp32" and not args.skip_naive:
+        if precision == "fp32" and not args.skip_naive and args.device == "cpu":
             from bertserve.service.artifact import load_artifact
 
             art = load_artifact(artifact)

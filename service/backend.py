@@ -129,6 +129,17 @@ class OnnxBackend:
                 raise ArtifactError(f"{path} is not a loadable ONNX graph ({reason})") from exc
 
         self.encoder = open_session(variant.encoder)
+        if self.encoder.get_providers()[0] != provider:
+            # ORT falls back to the CPU silently when the CUDA provider's libraries (CUDA,
+            # cuBLAS, cuDNN) cannot be loaded: say so, and refuse when CUDA was asked for
+            reason = (
+                "onnxruntime could not start its CUDA provider (are the CUDA 12/13, cuBLAS and "
+                "cuDNN libraries it was built for on LD_LIBRARY_PATH?)"
+            )
+            if device == "cuda":
+                raise ArtifactError(f"--device cuda: {reason}")
+            log.warning("%s; serving on the CPU", reason)
+            self.provider = provider = "CPUExecutionProvider"
         # on CUDA, inputs and outputs go through an IO binding: ORT copies the (B, T) ids to
         # the device once and the outputs straight into host arrays it allocates
         self.io_binding = provider != "CPUExecutionProvider"

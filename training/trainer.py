@@ -317,10 +317,13 @@ def train(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
         )
-    if on_for(cfg.compile, device):
+    compiled = on_for(cfg.compile, device)
+    if compiled:
         network = torch.compile(network)  # type: ignore[assignment]
 
     def forward(batch: Batch) -> PreTrainingOutput:
+        if compiled:  # the masked count changes every batch: compile for any, not once per count
+            torch._dynamo.maybe_mark_dynamic(batch.masked_positions, 0)
         out: PreTrainingOutput = network(
             batch.input_ids, batch.model_mask, batch.token_type_ids, batch.masked_positions
         )
