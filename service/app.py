@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -63,11 +63,11 @@ def create_app(
         app.state.engine = Engine(loaded, model, batcher, metrics)
         metrics.model_info.labels(loaded.name, model.precision, model.provider).set(1)
         if settings.warmup:  # straight to the model: request deadlines do not apply
-            [tokens] = app.state.engine.text.encode(["warm up the model"])
-            ones = np.ones((1, len(tokens.ids)), dtype=np.int64)
-            await batcher.run_in_model_thread(
-                model.encode, tokens.ids[None], ones, tokens.type_ids[None]
+            started = time.perf_counter()
+            runs = await batcher.run_in_model_thread(
+                model.warm_up, settings.max_batch_size, loaded.max_seq_len
             )
+            log.info("warmed up: %d shapes in %.1f s", runs, time.perf_counter() - started)
         app.state.ready = True
         metrics.ready.set(1)
         log.info("serving %s (%s on %s)", loaded.name, model.precision, model.provider)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from bertserve.commands import one_line
 
 from .artifact import Artifact, ArtifactError, Variant
+from .shapes import ShapeBuckets
 
 log = logging.getLogger("bertserve")
 
@@ -37,6 +38,10 @@ class Backend(Protocol):
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
     ) -> tuple[Floats, Floats | None]:
         """(B, T) int64 x3 -> last_hidden_state (B, T, H) float32, pooler_output (B, H)."""
+        ...
+
+    def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+        """Runs the model before the first request; returns how many shapes it ran."""
         ...
 
     def mlm_logits(self, hidden: Floats) -> Floats:
@@ -143,6 +148,9 @@ class OnnxBackend:
         # on CUDA, inputs and outputs go through an IO binding: ORT copies the (B, T) ids to
         # the device once and the outputs straight into host arrays it allocates
         self.io_binding = provider != "CPUExecutionProvider"
+        # on CUDA, batches are padded to a few shapes that warm_up() runs once (see shapes.py)
+        self.buckets: ShapeBuckets | None = None
+        self.bucket_shapes = provider != "CPUExecutionProvider"
         outputs = [o.name for o in self.encoder.get_outputs()]
         self.has_pooler = "pooler_output" in outputs
         self.mlm = open_session(variant.mlm_head) if variant.mlm_head else None
@@ -155,15 +163,26 @@ class OnnxBackend:
     def encode(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
     ) -> tuple[Floats, Floats | None]:
-        feeds = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids,
-        }
+        rows, cols = input_ids.shape
+        arrays = [input_ids, attention_mask, token_type_ids]
+        if self.buckets is not None:
+            arrays = self.buckets.pad(*arrays)
+        feeds = dict(zip(("input_ids", "attention_mask", "token_type_ids"), arrays, strict=True))
         outputs = self._run_bound(feeds) if self.io_binding else self.encoder.run(None, feeds)
-        hidden = np.asarray(outputs[0], dtype=np.float32)
-        pooled = np.asarray(outputs[1], dtype=np.float32) if len(outputs) > 1 else None
+        hidden = np.asarray(outputs[0][:rows, :cols], dtype=np.float32)  # (B, T, H)
+        pooled = np.asarray(outputs[1][:rows], dtype=np.float32) if len(outputs) > 1 else None
         return hidden, pooled
+
+    def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+        """Runs the encoder once; with shape buckets, once per bucket. Returns the runs made."""
+        shapes = [(1, 8)]
+        if self.bucket_shapes:
+            self.buckets = ShapeBuckets(max_batch_size, max_seq_len)
+            shapes = self.buckets.shapes()
+        for rows, cols in shapes:
+            ids = np.ones((rows, cols), dtype=np.int64)
+            self.encode(ids, np.ones_like(ids), np.zeros_like(ids))
+        return len(shapes)
 
     def _run_bound(self, feeds: dict[str, Ints]) -> list[npt.NDArray[np.float32]]:
         binding = self.encoder.io_binding()

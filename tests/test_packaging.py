@@ -105,3 +105,38 @@ def test_readme_settings_table_matches_the_settings_class():
         "README's settings table is stale: paste `python -c 'from service.cli import "
         "settings_table; print(settings_table())'`"
     )
+
+
+def _expand_extras(names: list[str]) -> set[str]:
+    """The requirement names that `pip install .[names]` asks for, extras followed through."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    wanted, seen, todo = set(), set(), list(names)
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in extras[extra]:
+            inner = re.fullmatch(r"bertserve\[([\w,-]+)\]", requirement)
+            if inner:
+                todo.extend(inner.group(1).split(","))
+            else:
+                wanted.add(re.split(r"[<>=;\[ ]", requirement, maxsplit=1)[0].lower())
+    return wanted
+
+
+def test_the_gpu_install_pulls_one_onnxruntime():
+    """README's GPU line must not install the CPU onnxruntime beside onnxruntime-gpu (both own
+    the `onnxruntime` module; whichever is installed last wins, silently)."""
+    gpu = _expand_extras(["train", "export-core", "gpu"])
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert {"torch", "onnx", "onnxscript", "fastapi"} <= gpu
+    cpu = _expand_extras(["dev"])
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    readme = (REPO / "README.md").read_text()
+    assert "'.[train,export-core,gpu]'" in readme
