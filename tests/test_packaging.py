@@ -110,6 +110,7 @@ def test_readme_settings_table_matches_the_settings_class():
 def _expand_extras(names: list[str]) -> set[str]:
     """The requirement names that `pip install .[names]` asks for, extras followed through."""
     import re
+
     import tomllib
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
