@@ -77,6 +77,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak, for MFU")
     p.add_argument("--json", type=Path, help="write the figures here too")
+    p.add_argument(
+        "--profile", action="store_true", help="print the top kernels of 3 steps of ours (CUDA)"
+    )
     args = p.parse_args()
 
     import transformers
@@ -164,6 +167,20 @@ def main() -> None:
             figures[f"{name}_mfu"] = mfu
             line += f"  MFU {mfu:.1%}"
         print(line)
+    if args.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        name = "ours+compile" if args.compile else "ours"
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                steps[name]()
+            torch.cuda.synchronize()
+        print(f"top kernels, 3 steps of {name}:")
+        print(
+            prof.key_averages().table(
+                sort_by="self_device_time_total", row_limit=18, max_name_column_width=70
+            )
+        )
     ratio = figures["ours_tokens_per_s"] / figures["transformers_tokens_per_s"]  # type: ignore[operator]
     figures["ratio"] = ratio
     print(f"  ratio ours / transformers: {ratio:.2f}x")

@@ -55,6 +55,7 @@ class CountingBackend:
         return self.inner.encode(ids, mask, types)
 
     def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+        self.calls += 1
         return self.inner.warm_up(max_batch_size, max_seq_len)
 
     def mlm_logits(self, hidden: Any) -> Any:
