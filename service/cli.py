@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
     from .artifact import ArtifactError, load_artifact
     from .backend import OnnxBackend
+    from .http_limits import uvicorn_http_options
 
     ort.set_default_logger_severity(4)  # a broken graph is reported once, by us, in one line
     try:
@@ -88,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_LISTEN
     app = create_app(settings, backend, artifact)
     config = uvicorn.Config(
-        app, log_level=settings.log_level, timeout_graceful_shutdown=30, lifespan="on"
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+        **uvicorn_http_options(settings),
     )
     print(
         f"bert-serve: {artifact.name}: {backend.precision} on {backend.provider}, "

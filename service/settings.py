@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, description="seconds a client may take to send its body (408 after)"
     )
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="request line and headers together (431 over it)"
+    )
+    max_headers: int = Field(100, ge=8, description="headers per request (431 over it)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a client may take to send its headers (408 after)"
+    )
     api_key: str | None = Field(
         None,
         description="when set, requests need 'Authorization: Bearer <key>' "

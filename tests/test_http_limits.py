@@ -1,0 +1,86 @@
+"""Limits below the ASGI app (service/http_limits.py), against a real bert-serve over raw sockets:
+oversized or too many headers, headers that never finish, and a body still arriving at shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+import httpx
+
+from tests.conftest import running_server, serve_command
+
+LIMITS = {
+    "BERTSERVE_MAX_HEADER_BYTES": "2048",
+    "BERTSERVE_MAX_HEADERS": "20",
+    "BERTSERVE_HEADER_TIMEOUT_S": "0.5",
+}
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_and_error(response: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def test_headers_over_the_limits_get_431_naming_it_and_the_server_keeps_serving(tiny_artifact):
+    with running_server(serve_command(tiny_artifact), env=LIMITS) as (url, _):
+        with _connect(url) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+            status, error = _status_and_error(_read_all(sock))
+        assert status == 431 and "max_header_bytes 2048" in error["message"]
+
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(30))
+        with _connect(url) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+            status, error = _status_and_error(_read_all(sock))
+        assert status == 431 and "max_headers 20" in error["message"]
+
+        # within the limits, as many headers as a browser sends: served
+        usual = {f"x-h{i}": "v" * 50 for i in range(15)}
+        assert httpx.get(f"{url}/health", headers=usual).status_code == 200
+
+
+def test_headers_that_never_finish_get_408_and_the_connection_closes(tiny_artifact):
+    with running_server(serve_command(tiny_artifact), env=LIMITS) as (url, _):
+        with _connect(url) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            status, error = _status_and_error(_read_all(sock))
+            waited = time.monotonic() - started
+        assert status == 408 and "header_timeout_s 0.5" in error["message"]
+        assert 0.4 <= waited < 5
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_shutdown_answers_a_body_still_arriving_at_once_and_exits_0(tiny_artifact):
+    with running_server(serve_command(tiny_artifact), env=LIMITS) as (url, proc):
+        sock = _connect(url)
+        sock.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"inputs": "'
+        )
+        time.sleep(0.3)  # the request is in the app, waiting for the rest of its body
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        status, error = _status_and_error(_read_all(sock))
+        sock.close()
+        assert status == 503 and error["type"] == "shutting_down"
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5  # not the 30 s grace period nor body_timeout_s
+        assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
