@@ -1,18 +1,20 @@
 """Dynamic batching: the one owner of the queue.
 
 The trip of a request:
-  route -> tokenizer -> `Batcher.submit(sequences)`: admitted only if the queue's token count
-  stays under `max_queued_tokens` (else `Overloaded` -> 429), one `Pending` per sequence, each
-  with a future -> the loop wakes, waits at most `max_wait_ms` for company, and `take_batch`
-  (a pure function) picks sequences under the padded-token budget and size cap, oldest first and
-  then those closest in length to cut padding -> the backend runs in a worker thread so the
-  event loop never blocks -> each sequence's slice of the output resolves its future.
-The next model call is formed and handed to the worker thread while the current one runs (two
-in flight at most), so the model never sits idle while the event loop is busy with HTTP: with
-one in flight, 2 cores were ~13% idle under 32 single-sentence clients.
-Sequences of a request that went away (client disconnect, handler cancelled) or whose deadline
-passed are dropped before compute. A backend error fails that batch's futures only; the loop
-lives on.
+  route -> tokenizer -> `Batcher.submit(sequences)`: admitted only if it can finish before its
+  deadline at the measured speed and the queue stays under `max_queued_tokens` (else 429 or
+  413), one `Pending` per sequence, each with a future -> the forming loop (`_run`) waits at
+  most `max_wait_ms` for company, and `take_batch` (a pure function) picks sequences under the
+  padded-token budget and size cap, oldest first and then those closest in length -> the model
+  call is handed to the model thread through a hand-off of one -> the model thread runs it and
+  posts the outputs back to the event loop, where each sequence's slice resolves its future.
+Two loops joined by a hand-off of one (TEI's "prefetch one batch"): the next call is formed as
+soon as the model thread has taken the current one, not earlier (sequences can still join a
+better batch) and not later (the model never waits for the event loop: with one call in flight
+2 cores were ~13% idle under 32 single-sentence clients).
+One liveness rule (`Pending.live`): a sequence whose request went away or whose deadline
+passed is dropped before compute, when batches are formed and again when the model thread
+takes its call; one drop path (`_drop`). A backend error fails that call's futures only.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Pending:
         return len(self.ids)
 
     def live(self, now: float) -> bool:
+        """The one rule: wanted by its request, unanswered, and within its deadline."""
         return not (self.request.cancelled or self.future.done() or now >= self.deadline)
 
 
@@ -150,6 +153,17 @@ def pad_batch(batch: Sequence[Pending], pad_id: int) -> tuple[np.ndarray, ...]:
     return ids, mask, types
 
 
+@dataclass
+class _Outcome:
+    """What the model thread posts back for one call: outputs, None when every sequence was
+    dead by the time it took the call, or the backend's exception."""
+
+    outputs: tuple[Floats, Floats | None] | None = None
+    error: Exception | None = None
+    real_tokens: int = 0
+    seconds: float = 0.0
+
+
 class Batcher:
     def __init__(
         self,
@@ -179,16 +193,18 @@ class Batcher:
         self.queued_tokens = 0
         self.batches_run = 0
         self._wakeup = asyncio.Event()
+        # the model thread: model calls and heads, one at a time, in order
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertserve-model")
+        self._handoff_free = asyncio.Event()  # set: the model thread took the last call handed off
+        self._handoff_free.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # one model call running, one ready behind it in the worker thread's queue
-        self._slots = asyncio.Semaphore(2)
-        self._in_flight: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="bertserve-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="bertserve-batcher")
 
     @property
     def alive(self) -> bool:
@@ -197,19 +213,18 @@ class Batcher:
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuses new work, lets queued sequences finish, then stops the loop."""
         self._closing = True
-        deadline = time.monotonic() + drain_timeout_s
-        while self.queue and time.monotonic() < deadline:
-            self._wakeup.set()
-            await asyncio.sleep(0.01)
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._in_flight:
-            await asyncio.wait(self._in_flight)
-        for pending in self.queue:
-            if not pending.future.done():
-                pending.future.set_exception(ShuttingDown("server is shutting down"))
+            try:  # the forming loop ends by itself once the queue is empty
+                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        # the model thread runs in order: once this no-op has run, every call handed off has
+        # run, and its outputs were posted back to the loop before the no-op's own result
+        await self.run_in_model_thread(lambda: None)
+        self._drop(self.queue, ShuttingDown("server is shutting down"))
         self.queue.clear()
         self._executor.shutdown(wait=True)
 
@@ -277,17 +292,35 @@ class Batcher:
             0.8 * self.tokens_per_s + 0.2 * speed
         )  # fmt: skip
 
-    # -- the loop ----------------------------------------------------------------------------
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.queue_tokens.set(self.queued_tokens)
 
+    def _drop(self, pendings: Sequence[Pending], reason: Exception | None = None) -> None:
+        """The one drop path: fails sequences that will not be computed. Without `reason`,
+        each is dropped for what made it dead: a cancelled request or a passed deadline."""
+        for p in pendings:
+            if p.request.cancelled:  # its future may be cancelled already, by the request
+                self.metrics.rejected.labels("cancelled").inc()
+                p.future.cancel()
+            elif p.future.done():
+                continue
+            elif reason is not None:
+                p.future.set_exception(reason)
+            else:
+                self.metrics.rejected.labels("deadline").inc()
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"queued longer than request_timeout_s ({self.request_timeout_s:g}s)"
+                    )
+                )
+
+    # -- the forming loop (event loop) -------------------------------------------------------
     def _batch_is_full(self) -> bool:
         return len(self.queue) >= self.max_batch_size or self.queued_tokens >= self.max_batch_tokens
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+        while not (self._closing and not self.queue):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self.queue:
@@ -300,96 +333,63 @@ class Batcher:
                         continue
                     except asyncio.TimeoutError:
                         pass
-                # form the batch as late as possible: once the model can take it next
-                await self._slots.acquire()
-                self._slots.release()
+                # form the batch as late as possible: once the model thread can take it next
+                await self._handoff_free.wait()
                 now = time.monotonic()
                 batch, self.queue, dropped = take_batch(
                     self.queue, self.max_batch_tokens, self.max_batch_size, now
                 )
-                self._retire(dropped)
-                self.queued_tokens -= sum(p.length for p in batch)
+                self.queued_tokens -= sum(p.length for p in (*batch, *dropped))
+                self._drop(dropped)
                 self._update_gauges()
-                if batch:
-                    await self._execute(loop, batch, now)
+                for p in batch:
+                    self.metrics.queue_duration.observe(now - p.enqueued)
+                groups = split_by_padding([p.length for p in batch], self.max_padding_ratio)
+                for number, group in enumerate(groups):
+                    if number:
+                        await self._handoff_free.wait()
+                    self._hand_off([batch[i] for i in group])
 
-    def _retire(self, dropped: list[Pending]) -> None:
-        for p in dropped:
-            self.queued_tokens -= p.length
-        self._expire(dropped)
-
-    def _expire(self, dropped: list[Pending]) -> None:
-        """Fails sequences dropped before compute: cancelled, or past their deadline."""
-        for p in dropped:
-            if p.request.cancelled:  # its future may be cancelled already, by the request
-                self.metrics.rejected.labels("cancelled").inc()
-                p.future.cancel()
-            elif p.future.done():
-                continue
-            else:
-                self.metrics.rejected.labels("deadline").inc()
-                p.future.set_exception(
-                    DeadlineExceeded(
-                        f"queued longer than request_timeout_s ({self.request_timeout_s:g}s)"
-                    )
-                )
-
-    async def _execute(
-        self, loop: asyncio.AbstractEventLoop, batch: list[Pending], now: float
-    ) -> None:
-        for p in batch:
-            self.metrics.queue_duration.observe(now - p.enqueued)
-        for group in split_by_padding([p.length for p in batch], self.max_padding_ratio):
-            await self._call_model(loop, [batch[i] for i in group])
-
-    async def _call_model(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
-        """Hands one padded batch to the worker thread and returns; a task delivers results."""
-        ids, mask, types = pad_batch(batch, self.pad_id)
+    def _hand_off(self, call: list[Pending]) -> None:
+        ids, mask, types = pad_batch(call, self.pad_id)
         real = int(mask.sum())
-        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_size.observe(len(call))
         self.metrics.batch_tokens.observe(ids.size)
         self.metrics.batch_padding_ratio.observe(1.0 - real / ids.size)
-        await self._slots.acquire()
-        call = loop.run_in_executor(self._executor, self._timed_encode, batch, ids, mask, types)
-        task = loop.create_task(self._deliver(call, batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._handoff_free.clear()
+        self._executor.submit(self._model_call, call, ids, mask, types, real)
 
-    def _timed_encode(
-        self, batch: list[Pending], ids: np.ndarray, mask: np.ndarray, types: np.ndarray
-    ) -> tuple[Floats, Floats | None] | None:
-        """In the worker thread. None, without computing, when every sequence of the batch
-        expired or was cancelled while it waited behind the previous call."""
-        now = time.monotonic()
-        if all(p.request.cancelled or now > p.deadline for p in batch):
-            return None
-        started = time.perf_counter()
-        try:
-            return self.backend.encode(ids, mask, types)
-        finally:  # model time only, not the wait behind the previous call
-            elapsed = time.perf_counter() - started
-            self.metrics.inference_duration.observe(elapsed)
-            self._measured(sum(p.length for p in batch), elapsed)
-
-    async def _deliver(
-        self, call: asyncio.Future[tuple[Floats, Floats | None] | None], batch: list[Pending]
+    # -- the model thread --------------------------------------------------------------------
+    def _model_call(
+        self, call: list[Pending], ids: np.ndarray, mask: np.ndarray, types: np.ndarray, real: int
     ) -> None:
-        try:
-            outputs = await call
-        except Exception as exc:  # the model failed: this batch's requests fail, the loop lives
-            log.exception("model error on a batch of %d sequences", len(batch))
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(ModelError(f"model error: {exc}"))
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._handoff_free.set)  # taken: form the next one now
+        outcome = _Outcome(real_tokens=real)
+        if any(p.live(time.monotonic()) for p in call):
+            started = time.perf_counter()
+            try:
+                outcome.outputs = self.backend.encode(ids, mask, types)
+            except Exception as exc:  # the model failed: this call's requests fail, not the loop
+                outcome.error = exc
+            outcome.seconds = time.perf_counter() - started  # model time, not the wait
+        loop.call_soon_threadsafe(self._deliver, call, outcome)
+
+    # -- back on the event loop --------------------------------------------------------------
+    def _deliver(self, call: list[Pending], outcome: _Outcome) -> None:
+        self.batches_run += 1
+        if outcome.error is not None:
+            log.error("model error on a batch of %d sequences", len(call), exc_info=outcome.error)
+            self._drop(call, ModelError(f"model error: {outcome.error}"))
             return
-        finally:
-            self.batches_run += 1
-            self._slots.release()
-        if outputs is None:
-            self._expire(batch)
+        if outcome.outputs is None:  # every sequence died while the call waited
+            self._drop(call)
             return
-        hidden, pooled = outputs
-        for row, p in enumerate(batch):
+        self.metrics.inference_duration.observe(outcome.seconds)
+        self._measured(outcome.real_tokens, outcome.seconds)
+        hidden, pooled = outcome.outputs
+        for row, p in enumerate(call):
             if not p.future.done():
                 p.future.set_result(
                     (hidden[row, : p.length], None if pooled is None else pooled[row])
