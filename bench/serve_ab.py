@@ -1,0 +1,87 @@
+"""Two versions of bert-serve under the same load, alternately: did a change to the serving path
+cost throughput? Each round starts the server from one checkout, runs wrk (C clients x 1
+sentence) for S seconds, and reads /metrics for the mean batch size and model time per call, so
+a change in speed can be told from a change in how batches formed.
+
+  git worktree add /tmp/before HEAD~1
+  python bench/serve_ab.py --artifact runs/minilm /tmp/before . --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.export_speed import cpu_description, real_sentences
+from bench.serve_load import free_port, run_wrk, stop, wait_ready
+
+
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)", text, re.M)
+    return float(found.group(1)) if found else float("nan")
+
+
+def one_round(tree: Path, args: argparse.Namespace, sentences: Path) -> dict[str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "bertserve.service", "--model", str(args.artifact.resolve()),
+        "--port", str(port), "--precision", args.precision, "--threads", str(args.threads),
+        "--log-level", "warning", "--max-inputs", "64",
+    ]  # fmt: skip
+    # run from the checkout: its bertserve/ folder comes first on sys.path, so its code serves
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(url, proc)
+        load = run_wrk(url, sentences, args.clients, 1, args.seconds)
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        stop(proc)
+    calls = _metric(text, "bertserve_batch_size_count")
+    return {
+        "sentences_per_s": float(load["sentences_per_s"]),
+        "p50_ms": float(load["p50_ms"]),
+        "mean_batch": _metric(text, "bertserve_batch_size_sum") / calls,
+        "model_ms_per_call": 1000
+        * _metric(text, "bertserve_inference_duration_seconds_sum")
+        / _metric(text, "bertserve_inference_duration_seconds_count"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("before", type=Path, help="checkout of the version to compare against")
+    p.add_argument("after", type=Path, help="checkout of the changed version")
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--precision", default="int8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=12)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    sentences = Path("/tmp/bertserve-ab-sentences.txt")
+    sentences.write_text("\n".join(real_sentences(1000)))
+    print(f"{cpu_description()}; {args.precision}, {args.clients} clients x 1 sentence")
+    rates: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(args.rounds):
+        for name, tree in (("before", args.before), ("after", args.after)):
+            got = one_round(tree, args, sentences)
+            rates[name].append(got["sentences_per_s"])
+            print(
+                f"  {name:6s} {got['sentences_per_s']:7.0f} sent/s  p50 {got['p50_ms']:4.0f} ms  "
+                f"mean batch {got['mean_batch']:5.2f}  "
+                f"model {got['model_ms_per_call']:5.2f} ms/call"
+            )
+    ratio = sum(rates["after"]) / sum(rates["before"])
+    print(f"after / before: {ratio:.3f}x (sum over {args.rounds} alternating rounds)")
+
+
+if __name__ == "__main__":
+    main()
