@@ -6,9 +6,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,7 +22,7 @@ from .engine import Engine
 from .errors import STATUS, known_error, validation_error
 from .hot_path import HotPathMiddleware
 from .metrics import Metrics
-from .routes import api, open_routes
+from .routes import api, documented, open_routes
 from .settings import Settings
 
 log = logging.getLogger("bertserve")
@@ -92,12 +94,26 @@ def create_app(
     app.include_router(open_routes)
     app.include_router(api)
 
+    def openapi() -> dict[str, Any]:
+        """The schema of the mounted routes plus the POST routes' declarations (answered by
+        the hot path, declared in routes.documented)."""
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, *documented.routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     # added first, so it runs inside the edge (API key, body size, draining, request metrics)
     app.add_middleware(HotPathMiddleware, state=app.state)
     # every path the app answers: its own (docs) and the routers' (included lazily by FastAPI)
     routes = frozenset(
         path
-        for route in [*app.routes, *open_routes.routes, *api.routes]
+        for route in [*app.routes, *open_routes.routes, *api.routes, *documented.routes]
         if isinstance(path := getattr(route, "path", None), str)
     )
     app.add_middleware(

@@ -1,39 +1,32 @@
-"""POST /embed, /v1/embeddings and /classify straight from ASGI, past FastAPI's router, dependency
-injection and body handling.
+"""Every POST route, straight from ASGI, past FastAPI's router, dependency injection and body
+handling: the one path that answers them (service.routes.POST_ROUTES; /docs is built from
+declarations that are never mounted).
 
-Profiled under 32 concurrent single-sentence clients, that machinery was over half of the event
-loop's time, and on 2 cores the event loop shares the CPU with ONNX Runtime. Here the body is
-validated by pydantic's JSON parser in one call, the same `*_payload` functions as the FastAPI
-routes build the answer, and errors map through service.errors exactly as the app's handlers
-do, so both paths answer alike (the bad-input table runs against this one).
+Profiled under 32 concurrent single-sentence clients, FastAPI's machinery was over half of the
+event loop's time, and on 2 cores the event loop shares the CPU with ONNX Runtime. Here the body
+is validated by pydantic's JSON parser in one call, the route's `*_payload` function builds the
+answer, errors map through service.errors as the app's handlers map the GET routes' errors, and
+a client that disconnects cancels its request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .edge import send_json
-from .engine import Engine
 from .errors import error_body, known_error, validation_error
-from .routes import classify_payload, embed_payload, json_bytes, openai_payload, ready_engine
-from .schemas import ClassifyRequest, EmbedRequest, OpenAIEmbeddingRequest
-from .settings import Settings
+from .routes import POST_ROUTES, json_bytes, ready_engine
 
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
 # held /health for seconds when parsed on it
 BIG_BODY_BYTES = 256 * 1024
-Handler = Callable[[Any, Engine, Settings], Awaitable[dict[str, Any]]]
-HOT_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
-    "/embed": (EmbedRequest, embed_payload),
-    "/v1/embeddings": (OpenAIEmbeddingRequest, openai_payload),
-    "/classify": (ClassifyRequest, classify_payload),
-}
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -47,7 +40,23 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _unless_disconnected(work: Awaitable[dict[str, Any]], receive: Receive) -> dict[str, Any]:
+def parse(schema: type[BaseModel], body: bytes) -> Any:
+    """pydantic's JSON parser in one call. It refuses a lone UTF-16 surrogate (JSON can spell
+    one, "\\ud800") as invalid JSON; Python's parser takes it, so such a body is parsed again
+    that way and gets the schema's 422 naming the text, like any other bad field."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        if not any(e.get("type") == "json_invalid" for e in exc.errors()):
+            raise
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise exc from None
+        return schema.model_validate(document)
+
+
+async def _unless_disconnected(work: Awaitable[Any], receive: Receive) -> Any:
     """Awaits `work`, cancelling it when the client disconnects first: the request's queued
     sequences are then dropped before compute (the batcher counts them as cancelled)."""
     task = asyncio.ensure_future(work)
@@ -75,7 +84,7 @@ class HotPathMiddleware:
         self.state = state  # the FastAPI app.state: settings, metrics, engine, ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = HOT_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        route = POST_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -85,9 +94,9 @@ class HotPathMiddleware:
             body = await read_body(receive)
             engine = ready_engine(self.state)
             if len(body) > BIG_BODY_BYTES:  # parsing would stall every other request
-                request = await asyncio.to_thread(schema.model_validate_json, body)
+                request = await asyncio.to_thread(parse, schema, body)
             else:
-                request = schema.model_validate_json(body)
+                request = parse(schema, body)
             answer = await _unless_disconnected(
                 handler(request, engine, self.state.settings), receive
             )

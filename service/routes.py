@@ -1,13 +1,21 @@
-"""The HTTP edge: validation, limits and response shapes. No model logic lives here."""
+"""Request checks and response shapes, one `*_payload` function per POST route. No model logic
+lives here.
+
+Every POST route is answered by service.hot_path, which reads and validates the body and calls
+the route's payload function (`POST_ROUTES`). The `documented` router declares the same routes
+for /docs only (request and response schemas, the error table): it is never mounted, so there is
+one path per route. GET routes (/health, /ready, /metrics, /info) are plain FastAPI routes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from .engine import Engine, InvalidInput, MissingHead, encode_vector
 from .errors import NotReady, TooLarge
@@ -86,23 +94,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "the request's deadline passed"),
     )
 }
-api = APIRouter(responses=ERRORS)
+api = APIRouter(responses=ERRORS)  # mounted: GET /info
+documented = APIRouter(responses=ERRORS)  # never mounted: the POST routes' /docs entries
+
+
+def _model_dict(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def json_bytes(payload: Any) -> bytes:
     """orjson writes numpy vectors directly: no per-float Python objects, no re-validation of
     a response model (the models above still document the shapes in /docs)."""
-    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def json_response(payload: Any) -> Response:
-    return Response(json_bytes(payload), media_type="application/json")
-
-
-@api.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
-async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> Response:
-    # answered by service.hot_path before routing; this route gives /docs its schema
-    return json_response(await embed_payload(body, engine, settings))
+    return orjson.dumps(payload, default=_model_dict, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> dict[str, Any]:
@@ -219,16 +224,7 @@ async def chunked_payload(
     return embed_response(engine, data, sum(r.token_count for r in results))
 
 
-@api.post(
-    "/fill-mask",
-    responses={
-        200: {
-            "model": list[FillMaskCandidate] | list[list[FillMaskCandidate]],
-            "description": "candidates per mask (a list per mask, and per input for a list)",
-        }
-    },
-)
-async def fill_mask(body: FillMaskRequest, engine: EngineDep, settings: SettingsDep) -> Any:
+async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Settings) -> Any:
     """The transformers fill-mask pipeline's shape: for one text with one [MASK], a list of
     candidates; with several masks, a list per mask; for a list of texts, a list of those."""
     texts = texts_of(body.inputs)
@@ -280,9 +276,8 @@ def _filled(engine: Engine, ids: Any, position: int, token: int) -> str:
     return engine.text.decode(filled)
 
 
-@api.post("/next-sentence", response_model=NextSentenceResponse)
-async def next_sentence(
-    body: NextSentenceRequest, engine: EngineDep, settings: SettingsDep
+async def next_sentence_payload(
+    body: NextSentenceRequest, engine: Engine, settings: Settings
 ) -> NextSentenceResponse:
     check_inputs([t for pair in body.pairs for t in pair], settings, "pairs", len(body.pairs))
     if not engine.backend.has_nsp:
@@ -294,12 +289,6 @@ async def next_sentence(
         model=engine.model_name,
         data=[NextSentenceOut(index=i, is_next=p) for i, p in enumerate(probabilities)],
     )
-
-
-@api.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
-async def classify(body: ClassifyRequest, engine: EngineDep, settings: SettingsDep) -> Response:
-    # answered by service.hot_path before routing; this route gives /docs its schema
-    return json_response(await classify_payload(body, engine, settings))
 
 
 async def classify_payload(
@@ -345,13 +334,6 @@ async def classify_payload(
     }
 
 
-@api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
-async def openai_embeddings(
-    body: OpenAIEmbeddingRequest, engine: EngineDep, settings: SettingsDep
-) -> Response:
-    return json_response(await openai_payload(body, engine, settings))  # see embed()
-
-
 async def openai_payload(
     body: OpenAIEmbeddingRequest, engine: Engine, settings: Settings
 ) -> dict[str, Any]:
@@ -387,9 +369,8 @@ async def openai_payload(
     }
 
 
-@api.post("/tokenize", response_model=list[TokenizeOut])
-async def tokenize(
-    body: TokenizeRequest, engine: EngineDep, settings: SettingsDep
+async def tokenize_payload(
+    body: TokenizeRequest, engine: Engine, settings: Settings
 ) -> list[TokenizeOut]:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
@@ -403,6 +384,57 @@ async def tokenize(
         )
         for i, t in enumerate(engine.text.encode(texts, truncate=True))
     ]
+
+
+# -- the POST routes: answered by service.hot_path, declared here for /docs -------------------
+PayloadFn = Callable[[Any, Engine, Settings], Awaitable[Any]]
+POST_ROUTES: dict[str, tuple[type[BaseModel], PayloadFn]] = {
+    "/embed": (EmbedRequest, embed_payload),
+    "/v1/embeddings": (OpenAIEmbeddingRequest, openai_payload),
+    "/classify": (ClassifyRequest, classify_payload),
+    "/fill-mask": (FillMaskRequest, fill_mask_payload),
+    "/next-sentence": (NextSentenceRequest, next_sentence_payload),
+    "/tokenize": (TokenizeRequest, tokenize_payload),
+}
+
+
+@documented.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
+async def embed(body: EmbedRequest) -> None:
+    """Sentence and token embeddings."""
+
+
+@documented.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
+async def openai_embeddings(body: OpenAIEmbeddingRequest) -> None:
+    """OpenAI's embeddings API."""
+
+
+@documented.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
+async def classify(body: ClassifyRequest) -> None:
+    """A sequence classifier's labels (or a regression score) per text or text pair."""
+
+
+@documented.post(
+    "/fill-mask",
+    responses={
+        200: {
+            "model": list[FillMaskCandidate] | list[list[FillMaskCandidate]],
+            "description": "candidates per mask (a list per mask, and per input for a list)",
+        }
+    },
+)
+async def fill_mask(body: FillMaskRequest) -> None:
+    """The transformers fill-mask pipeline's shape: for one text with one [MASK], a list of
+    candidates; with several masks, a list per mask; for a list of texts, a list of those."""
+
+
+@documented.post("/next-sentence", response_model=NextSentenceResponse)
+async def next_sentence(body: NextSentenceRequest) -> None:
+    """The probability that each pair's second text follows the first."""
+
+
+@documented.post("/tokenize", response_model=list[TokenizeOut])
+async def tokenize(body: TokenizeRequest) -> None:
+    """Token ids, tokens and character offsets, as the model sees them."""
 
 
 open_routes = APIRouter()

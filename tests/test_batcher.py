@@ -13,11 +13,13 @@ from bertserve.service.metrics import Metrics
 
 
 class SlowModel:
-    """Returns zeros after `seconds`; records what waited in the model thread's queue."""
+    """Returns zeros after `seconds`; records how many calls were handed off and not yet
+    started whenever one runs."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.batcher: Batcher | None = None
+        self.handed_off = 0
+        self.started = 0
         self.waiting_seen: list[int] = []
         self.calls = 0
         self.running = 0
@@ -29,8 +31,7 @@ class SlowModel:
         with self.lock:
             self.running += 1
             assert self.running == 1, "two model calls at once"
-        assert self.batcher is not None
-        self.waiting_seen.append(self.batcher._executor._work_queue.qsize())
+        self.waiting_seen.append(self.handed_off - self.started)
         time.sleep(self.seconds)
         with self.lock:
             self.running -= 1
@@ -52,7 +53,19 @@ def test_one_call_waits_behind_the_running_one_and_stop_drains_every_sequence():
             request_timeout_s=30,
             max_padding_ratio=0.1,
         )
-        model.batcher = batcher
+        # count calls handed to the model thread and calls it started
+        hand_off, model_call = batcher._hand_off, batcher._model_call
+
+        def counting_hand_off(call: list) -> None:  # type: ignore[type-arg]
+            model.handed_off += 1
+            hand_off(call)
+
+        def counting_model_call(*args: object) -> None:
+            model.started += 1
+            model_call(*args)  # type: ignore[arg-type]
+
+        batcher._hand_off = counting_hand_off  # type: ignore[method-assign]
+        batcher._model_call = counting_model_call  # type: ignore[method-assign]
         batcher.start()
         rng = np.random.default_rng(0)
         futures, expected = [], []

@@ -103,3 +103,25 @@ def test_a_body_that_never_arrives_is_408_not_a_hang(tiny_artifact):
                 assert b"body_timeout_s 0.2" in sent[1]["body"]
 
     asyncio.run(main())
+
+
+def test_every_post_route_has_one_path_and_a_docs_entry(tiny_artifact):
+    """POST routes are answered by the hot path alone: FastAPI mounts none of them, and /docs
+    still declares each with its request schema."""
+    from fastapi.routing import APIRoute
+
+    from bertserve.service.routes import POST_ROUTES, documented
+
+    artifact = load_artifact(tiny_artifact)
+    settings = Settings(model=tiny_artifact, threads=2, precision="fp32")
+    app = create_app(settings, CountingBackend(OnnxBackend(artifact, "cpu", "fp32", 2)), artifact)
+    mounted_post = [
+        r.path for r in app.router.routes if isinstance(r, APIRoute) and "POST" in r.methods
+    ]
+    assert mounted_post == []
+    declared = {r.path for r in documented.routes if isinstance(r, APIRoute)}
+    assert declared == set(POST_ROUTES)
+    spec = app.openapi()
+    for path, (schema, _) in POST_ROUTES.items():
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith(f"/{schema.__name__}"), path

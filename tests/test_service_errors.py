@@ -80,7 +80,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ),
     # JSON can spell lone UTF-16 surrogates, which tokenizers refuse with a TypeError (was 500)
     # (the hot path's JSON parser refuses them as invalid JSON already)
-    ("lone surrogate", "/embed", b'{"inputs": "a \\ud800"}', 400, "not valid JSON"),
+    ("lone surrogate", "/embed", b'{"inputs": "a \\ud800"}', 422, "surrogate"),
     ("surrogate tokenize", "/tokenize", b'{"inputs": ["ok", "a \\udc00"]}', 422, "text 1"),
     ("surrogate fill-mask", "/fill-mask", b'{"inputs": "[MASK] \\ud800"}', 422, "surrogate"),
     (
