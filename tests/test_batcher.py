@@ -13,8 +13,8 @@ from bertserve.service.metrics import Metrics
 
 
 class SlowModel:
-    """Returns zeros after `seconds`; records how many calls were handed off and not yet
-    started whenever one runs."""
+    """Returns zeros after `seconds`; records, as each call ends, how many calls were handed
+    off and not yet started."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -31,8 +31,9 @@ class SlowModel:
         with self.lock:
             self.running += 1
             assert self.running == 1, "two model calls at once"
-        self.waiting_seen.append(self.handed_off - self.started)
         time.sleep(self.seconds)
+        # at the end of a call: the loop had the whole call to hand the next one off
+        self.waiting_seen.append(self.handed_off - self.started)
         with self.lock:
             self.running -= 1
             self.calls += 1
