@@ -19,16 +19,18 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def missing_extra(command: str) -> str | None:
-    """None when every module `command` needs is importable, else the one-line error."""
+def refuse_missing_extra(command: str) -> bool:
+    """True, after one line on stderr naming the extra to install, when a module `command`
+    needs is not importable; False when every one is."""
     extra, modules = NEEDS[command]
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if not missing:
-        return None
-    return (
-        f"{command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
-        f"pip install 'bertserve[{extra}]'"
-    )
+    if missing:
+        print(
+            f"{command}: error: {command} needs the '{extra}' extra ({', '.join(missing)} not "
+            f"installed): pip install 'bertserve[{extra}]'",
+            file=sys.stderr,
+        )
+    return bool(missing)
 
 
 def one_line(exc: BaseException, limit: int | None = None) -> str:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bertserve.commands import missing_extra, run_command
+from bertserve.commands import refuse_missing_extra, run_command
 
 # export.variants.QUANT_CHOICES, spelled out so that --help works before the heavy imports
 # (a test keeps the two equal)
@@ -73,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = missing_extra("bert-export")
-    if missing:
-        print(f"bert-export: error: {missing}", file=sys.stderr)
+    if refuse_missing_extra("bert-export"):
         return 2
     if args.max_seq_len is not None and args.max_seq_len < 2:
         print("bert-export: error: --max-seq-len must be at least 2", file=sys.stderr)

@@ -108,6 +108,8 @@ class CapabilityUser(FastHttpUser):
 
     abstract = True
     capability = ""
+    weight = 1
+    wait_time = between(0.0, 0.1)
 
     def on_start(self) -> None:
         info = self.client.get("/info", headers=HEADERS).json()
@@ -116,8 +118,6 @@ class CapabilityUser(FastHttpUser):
 
 
 class FillMaskUser(CapabilityUser):
-    weight = 1
-    wait_time = between(0.0, 0.1)
     capability = "fill_mask"
 
     @task
@@ -132,8 +132,6 @@ class FillMaskUser(CapabilityUser):
 class ClassifyUser(CapabilityUser):
     """A fine-tuned classifier (bert-finetune): sentence pairs."""
 
-    weight = 1
-    wait_time = between(0.0, 0.1)
     capability = "classify"
 
     @task

@@ -22,7 +22,8 @@ from .engine import Engine
 from .errors import STATUS, known_error, validation_error
 from .hot_path import HotPathMiddleware
 from .metrics import Metrics
-from .routes import api, documented, open_routes
+from .route_docs import documented
+from .routes import api, open_routes
 from .settings import Settings
 
 log = logging.getLogger("bertserve")
@@ -47,7 +48,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = artifact or load_artifact(settings.model)
         model = backend or OnnxBackend(
-            loaded, settings.device, settings.precision, settings.threads
+            loaded, settings.device, settings.precision, settings.threads, settings.max_batch_size
         )
         batcher = Batcher(
             model,
@@ -66,9 +67,7 @@ def create_app(
         metrics.model_info.labels(loaded.name, model.precision, model.provider).set(1)
         if settings.warmup:  # straight to the model: request deadlines do not apply
             started = time.perf_counter()
-            runs = await batcher.run_in_model_thread(
-                model.warm_up, settings.max_batch_size, loaded.max_seq_len
-            )
+            runs = await batcher.run_in_model_thread(model.warm_up)
             log.info("warmed up: %d shapes in %.1f s", runs, time.perf_counter() - started)
         app.state.ready = True
         metrics.ready.set(1)
@@ -96,7 +95,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         """The schema of the mounted routes plus the POST routes' declarations (answered by
-        the hot path, declared in routes.documented)."""
+        the hot path, declared in route_docs.py)."""
         if app.openapi_schema is None:
             app.openapi_schema = get_openapi(
                 title=app.title,

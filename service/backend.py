@@ -40,7 +40,7 @@ class Backend(Protocol):
         """(B, T) int64 x3 -> last_hidden_state (B, T, H) float32, pooler_output (B, H)."""
         ...
 
-    def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+    def warm_up(self) -> int:
         """Runs the model before the first request; returns how many shapes it ran."""
         ...
 
@@ -109,7 +109,10 @@ class OnnxBackend:
         device: str = "auto",
         precision: str | None = None,
         threads: int = 0,
+        max_batch_size: int = 64,
     ) -> None:
+        """`max_batch_size`: the most sequences one call gets (the batcher's cap); on CUDA it
+        bounds the shape buckets."""
         variant, provider = choose_variant(
             artifact, device, precision, ort.get_available_providers()
         )
@@ -149,8 +152,11 @@ class OnnxBackend:
         # the device once and the outputs straight into host arrays it allocates
         self.io_binding = provider != "CPUExecutionProvider"
         # on CUDA, batches are padded to a few shapes that warm_up() runs once (see shapes.py)
-        self.buckets: ShapeBuckets | None = None
-        self.bucket_shapes = provider != "CPUExecutionProvider"
+        self.buckets = (
+            ShapeBuckets(max_batch_size, artifact.max_seq_len)
+            if provider != "CPUExecutionProvider"
+            else None
+        )
         outputs = [o.name for o in self.encoder.get_outputs()]
         self.has_pooler = "pooler_output" in outputs
         self.mlm = open_session(variant.mlm_head) if variant.mlm_head else None
@@ -173,12 +179,9 @@ class OnnxBackend:
         pooled = np.asarray(outputs[1][:rows], dtype=np.float32) if len(outputs) > 1 else None
         return hidden, pooled
 
-    def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+    def warm_up(self) -> int:
         """Runs the encoder once; with shape buckets, once per bucket. Returns the runs made."""
-        shapes = [(1, 8)]
-        if self.bucket_shapes:
-            self.buckets = ShapeBuckets(max_batch_size, max_seq_len)
-            shapes = self.buckets.shapes()
+        shapes = self.buckets.shapes() if self.buckets is not None else [(1, 8)]
         for rows, cols in shapes:
             ids = np.ones((rows, cols), dtype=np.int64)
             self.encode(ids, np.ones_like(ids), np.zeros_like(ids))

@@ -2,8 +2,8 @@
 lives here.
 
 Every POST route is answered by service.hot_path, which reads and validates the body and calls
-the route's payload function (`POST_ROUTES`). The `documented` router declares the same routes
-for /docs only (request and response schemas, the error table): it is never mounted, so there is
+the route's payload function (`POST_ROUTES`). route_docs.py declares the same routes for /docs
+only (request and response schemas, the error table): that router is never mounted, so there is
 one path per route. GET routes (/health, /ready, /metrics, /info) are plain FastAPI routes."""
 
 from __future__ import annotations
@@ -20,19 +20,16 @@ from pydantic import BaseModel
 from .engine import Engine, InvalidInput, MissingHead, encode_vector
 from .errors import NotReady, TooLarge
 from .pooling import softmax
+from .route_docs import ERRORS
 from .schemas import (
     ClassifyRequest,
-    ClassifyResponse,
     EmbedRequest,
-    EmbedResponse,
-    ErrorResponse,
     FillMaskCandidate,
     FillMaskRequest,
     NextSentenceOut,
     NextSentenceRequest,
     NextSentenceResponse,
     OpenAIEmbeddingRequest,
-    OpenAIEmbeddingResponse,
     TokenizeOut,
     TokenizeRequest,
     texts_of,
@@ -79,23 +76,7 @@ def check_inputs(
 
 
 # what /docs shows for errors: our {"error": {...}} body, not FastAPI's {"detail": ...}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (400, "malformed JSON or bad UTF-8"),
-        (401, "missing or wrong API key"),
-        (408, "the body did not arrive within body_timeout_s"),
-        (413, "body, inputs, characters or tokens over a limit"),
-        (422, "an invalid field"),
-        (424, "the model lacks the head this route needs"),
-        (429, "overloaded; Retry-After says when to retry"),
-        (500, "model error (that batch only)"),
-        (503, "not ready, or shutting down"),
-        (504, "the request's deadline passed"),
-    )
-}
 api = APIRouter(responses=ERRORS)  # mounted: GET /info
-documented = APIRouter(responses=ERRORS)  # never mounted: the POST routes' /docs entries
 
 
 def _model_dict(value: Any) -> Any:
@@ -386,7 +367,7 @@ async def tokenize_payload(
     ]
 
 
-# -- the POST routes: answered by service.hot_path, declared here for /docs -------------------
+# -- the POST routes: answered by service.hot_path, declared for /docs in route_docs.py ------
 PayloadFn = Callable[[Any, Engine, Settings], Awaitable[Any]]
 POST_ROUTES: dict[str, tuple[type[BaseModel], PayloadFn]] = {
     "/embed": (EmbedRequest, embed_payload),
@@ -396,45 +377,6 @@ POST_ROUTES: dict[str, tuple[type[BaseModel], PayloadFn]] = {
     "/next-sentence": (NextSentenceRequest, next_sentence_payload),
     "/tokenize": (TokenizeRequest, tokenize_payload),
 }
-
-
-@documented.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
-async def embed(body: EmbedRequest) -> None:
-    """Sentence and token embeddings."""
-
-
-@documented.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
-async def openai_embeddings(body: OpenAIEmbeddingRequest) -> None:
-    """OpenAI's embeddings API."""
-
-
-@documented.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
-async def classify(body: ClassifyRequest) -> None:
-    """A sequence classifier's labels (or a regression score) per text or text pair."""
-
-
-@documented.post(
-    "/fill-mask",
-    responses={
-        200: {
-            "model": list[FillMaskCandidate] | list[list[FillMaskCandidate]],
-            "description": "candidates per mask (a list per mask, and per input for a list)",
-        }
-    },
-)
-async def fill_mask(body: FillMaskRequest) -> None:
-    """The transformers fill-mask pipeline's shape: for one text with one [MASK], a list of
-    candidates; with several masks, a list per mask; for a list of texts, a list of those."""
-
-
-@documented.post("/next-sentence", response_model=NextSentenceResponse)
-async def next_sentence(body: NextSentenceRequest) -> None:
-    """The probability that each pair's second text follows the first."""
-
-
-@documented.post("/tokenize", response_model=list[TokenizeOut])
-async def tokenize(body: TokenizeRequest) -> None:
-    """Token ids, tokens and character offsets, as the model sees them."""
 
 
 open_routes = APIRouter()

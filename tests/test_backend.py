@@ -6,6 +6,7 @@ import numpy as np
 
 from bertserve.service.artifact import load_artifact
 from bertserve.service.backend import OnnxBackend
+from bertserve.service.shapes import ShapeBuckets
 
 
 def test_the_io_binding_path_gives_the_plain_run_outputs(tiny_artifact):
@@ -33,9 +34,8 @@ def test_shape_buckets_pad_and_cut_back_without_changing_outputs(tiny_artifact):
     mask[1, 7:] = 0
     types = np.zeros_like(ids)
     plain_hidden, plain_pooled = backend.encode(ids, mask, types)
-    backend.bucket_shapes = True
-    assert backend.warm_up(max_batch_size=6, max_seq_len=40) == 4 * 3  # rows 1,2,4,6 x 16,32,40
-    assert backend.buckets is not None
+    backend.buckets = ShapeBuckets(max_batch_size=6, max_seq_len=40)  # as OnnxBackend on CUDA
+    assert backend.warm_up() == 4 * 3  # rows 1,2,4,6 x 16,32,40
     padded = backend.buckets.pad(ids, mask, types)
     assert [a.shape for a in padded] == [(4, 16)] * 3
     assert padded[1][3].tolist() == [1] + [0] * 15  # an added row attends to one position

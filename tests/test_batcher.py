@@ -1,4 +1,5 @@
-"""The batcher's two loops with a slow stand-in model: a hand-off of one, and a drain at stop."""
+"""The batcher on its own, with stand-in models: admission, the hand-off of one between its two
+loops, and the drain at stop."""
 
 from __future__ import annotations
 
@@ -7,9 +8,22 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
-from bertserve.service.batcher import Batcher, RequestState
+from bertserve.service.batcher import Batcher, Overloaded, RequestState, RequestTooLarge
 from bertserve.service.metrics import Metrics
+
+
+def make_batcher(model: object, **limits: float) -> Batcher:
+    settings: dict[str, float] = {
+        "max_batch_tokens": 1024,
+        "max_batch_size": 32,
+        "max_wait_ms": 1,
+        "max_queued_tokens": 100_000,
+        "request_timeout_s": 30,
+        **limits,
+    }
+    return Batcher(model, Metrics(), pad_id=0, **settings)  # type: ignore[arg-type]
 
 
 class SlowModel:
@@ -43,16 +57,8 @@ class SlowModel:
 def test_one_call_waits_behind_the_running_one_and_stop_drains_every_sequence():
     async def main() -> None:
         model = SlowModel(0.02)
-        batcher = Batcher(
-            model,  # type: ignore[arg-type]
-            Metrics(),
-            pad_id=0,
-            max_batch_tokens=64,
-            max_batch_size=2,
-            max_wait_ms=0,
-            max_queued_tokens=100_000,
-            request_timeout_s=30,
-            max_padding_ratio=0.1,
+        batcher = make_batcher(
+            model, max_batch_tokens=64, max_batch_size=2, max_wait_ms=0, max_padding_ratio=0.1
         )
         # count calls handed to the model thread and calls it started
         hand_off, model_call = batcher._hand_off, batcher._model_call
@@ -82,5 +88,24 @@ def test_one_call_waits_behind_the_running_one_and_stop_drains_every_sequence():
         assert model.calls >= len(futures) / 2  # at most 2 sequences per call
         # the next call is formed while the current one runs, never more than one ahead
         assert max(model.waiting_seen) <= 1 and 1 in model.waiting_seen
+
+    asyncio.run(main())
+
+
+def test_admission_refuses_by_estimated_wait_with_that_wait_as_retry_after():
+    async def main() -> None:
+        batcher = make_batcher(None, request_timeout_s=2.0)
+        batcher._admit(500)  # no speed measured yet: only the token cap applies
+        batcher._measured(1000, 10.0)  # 100 tokens/s
+        batcher._admit(500)  # an empty queue admits even a request that may run long
+        batcher.queued_tokens = 450
+        with pytest.raises(Overloaded) as refused:
+            batcher._admit(100)  # 550 tokens at 100/s = 5.5 s > 2 s
+        assert refused.value.retry_after_s == 5  # ceil(450 / 100)
+        assert "request_timeout_s 2" in str(refused.value)
+        batcher.queued_tokens = 100
+        batcher._admit(50)  # 150 tokens = 1.5 s: in time
+        with pytest.raises(RequestTooLarge):
+            batcher._admit(200_000)
 
     asyncio.run(main())

@@ -54,9 +54,9 @@ class CountingBackend:
             raise RuntimeError("injected fault")
         return self.inner.encode(ids, mask, types)
 
-    def warm_up(self, max_batch_size: int, max_seq_len: int) -> int:
+    def warm_up(self) -> int:
         self.calls += 1
-        return self.inner.warm_up(max_batch_size, max_seq_len)
+        return self.inner.warm_up()
 
     def mlm_logits(self, hidden: Any) -> Any:
         return self.inner.mlm_logits(hidden)

@@ -110,7 +110,8 @@ def test_every_post_route_has_one_path_and_a_docs_entry(tiny_artifact):
     still declares each with its request schema."""
     from fastapi.routing import APIRoute
 
-    from bertserve.service.routes import POST_ROUTES, documented
+    from bertserve.service.route_docs import documented
+    from bertserve.service.routes import POST_ROUTES
 
     artifact = load_artifact(tiny_artifact)
     settings = Settings(model=tiny_artifact, threads=2, precision="fp32")

@@ -148,41 +148,6 @@ def test_a_request_larger_than_the_queue_is_413_not_429(tiny_artifact):
     serve(tiny_artifact, check, max_queued_tokens=64)
 
 
-def test_admission_refuses_by_estimated_wait_with_that_wait_as_retry_after():
-    import asyncio
-
-    import pytest
-
-    from bertserve.service.batcher import Batcher, Overloaded, RequestTooLarge
-    from bertserve.service.metrics import Metrics
-
-    async def main() -> None:
-        batcher = Batcher(
-            backend=None,  # type: ignore[arg-type]
-            metrics=Metrics(),
-            pad_id=0,
-            max_batch_tokens=1024,
-            max_batch_size=32,
-            max_wait_ms=1,
-            max_queued_tokens=100_000,
-            request_timeout_s=2.0,
-        )
-        batcher._admit(500)  # no speed measured yet: only the token cap applies
-        batcher._measured(1000, 10.0)  # 100 tokens/s
-        batcher._admit(500)  # an empty queue admits even a request that may run long
-        batcher.queued_tokens = 450
-        with pytest.raises(Overloaded) as refused:
-            batcher._admit(100)  # 550 tokens at 100/s = 5.5 s > 2 s
-        assert refused.value.retry_after_s == 5  # ceil(450 / 100)
-        assert "request_timeout_s 2" in str(refused.value)
-        batcher.queued_tokens = 100
-        batcher._admit(50)  # 150 tokens = 1.5 s: in time
-        with pytest.raises(RequestTooLarge):
-            batcher._admit(200_000)
-
-    asyncio.run(main())
-
-
 def test_api_key_is_required_when_set(tiny_artifact):
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         assert (await client.post("/embed", json={"inputs": "a"})).status_code == 401

@@ -23,8 +23,8 @@ class Batch:
     nsp_labels: torch.Tensor | None  # (B,) long, 0 = IsNext, 1 = NotNext; None without NSP
     # counted on the host when the batch is built, so the training loop never waits on the
     # device to learn them
-    num_tokens: int = 0  # real (unpadded) tokens
-    padded: bool = True  # False when every row is full: the model then runs without a mask
+    num_tokens: int  # real (unpadded) tokens
+    padded: bool  # False when every row is full: the model then runs without a mask
 
     @property
     def model_mask(self) -> torch.Tensor | None:

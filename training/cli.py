@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from bertserve.commands import missing_extra, run_command
+from bertserve.commands import refuse_missing_extra, run_command
 
 from .config import PRESETS, TrainConfig, parse_duration
 
@@ -242,9 +241,7 @@ def _differs(saved: Any, current: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    missing = missing_extra("bert-pretrain")
-    if missing:
-        print(f"bert-pretrain: error: {missing}", file=sys.stderr)
+    if refuse_missing_extra("bert-pretrain"):
         return 2
     from .checkpoint import CheckpointError
     from .corpus import CorpusError

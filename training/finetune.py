@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from bertserve.commands import listing
-
 from . import checkpoint as ckpt
+from . import run_dir
 from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
 from .io import trim_log, write_text_atomic
 from .optim import adamw
@@ -48,19 +47,24 @@ from .tokenizer import load_tokenizer, save_tokenizer
 MARKER = "finetune_config.json"
 LAST = "last"  # OUT/last: the latest weights and training state, for --resume
 REPORT = "eval_report.json"
-_OWN = {
+RUN = run_dir.RunKind(  # what a bert-finetune run writes (run_dir.py keeps to it)
     MARKER,
-    LAST,
-    REPORT,
-    "config.json",
-    "model.safetensors",
-    "metrics.jsonl",
-    "report.png",
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-}
+    frozenset(
+        {
+            LAST,
+            REPORT,
+            "config.json",
+            "model.safetensors",
+            "metrics.jsonl",
+            "report.png",
+            "tokenizer.json",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        }
+    ),
+    re.compile(r"^.+\.tmp$"),  # atomic writes' temporaries
+)
 
 
 @dataclass
@@ -154,32 +158,14 @@ def load_task(cfg: FinetuneConfig) -> Task:
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """OUT is new or empty; a previous run there needs --resume or --overwrite; a folder with
-    anything else in it is refused (nothing is deleted that this command did not write)."""
-    if out.exists() and not out.is_dir():
-        raise FinetuneError(f"--out {out} exists and is not a folder")
-    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    is_run = MARKER in names
+    """OUT is new or empty; a previous run there needs --resume or --overwrite, which removes
+    only that run's files; a folder with anything else in it is refused (run_dir.py)."""
     if resume:
         if not (out / LAST / ckpt.STATE_FILE).is_file():
             raise FinetuneError(f"--resume: {out} holds no saved state ({LAST}/) to resume from")
         return
-    if not names:
-        return
-    foreign = [n for n in names if n not in _OWN and not n.endswith(".tmp")]
-    if not is_run or foreign:
-        raise FinetuneError(
-            f"--out {out} holds files that are not a bert-finetune run "
-            f"({listing(foreign or names)}); choose a new or empty folder"
-        )
-    if not overwrite:
-        raise FinetuneError(
-            f"--out {out} already holds a run; continue it with --resume, or start over with "
-            "--overwrite"
-        )
-    for name in names:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.check_new_run(out, overwrite, RUN)
+    run_dir.clear_run(out, RUN)
 
 
 def encode(tokenizer: Tokenizer, examples: Examples, max_len: int) -> list[list[int]]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from bertserve.commands import missing_extra, run_command
+from bertserve.commands import refuse_missing_extra, run_command
 
 from .config import parse_duration
 
@@ -147,9 +146,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = missing_extra("bert-finetune")
-    if missing:
-        print(f"bert-finetune: error: {missing}", file=sys.stderr)
+    if refuse_missing_extra("bert-finetune"):
         return 2
     from .checkpoint import CheckpointError
     from .finetune import finetune
