@@ -50,6 +50,7 @@ RECIPES: dict[str, list[str]] = {
     "bf16": [*OLD_DEFAULT, "--bf16", "on"],
     "wsd": [*OLD_DEFAULT, "--schedule", "wsd"],
     "lr-2e-3": [*OLD_DEFAULT, "--lr", "2e-3"],
+    "lr-5e-4": [*OLD_DEFAULT, "--lr", "5e-4", "--warmup-steps", "100"],
     "vocab-8k": [*OLD_DEFAULT, "--vocab-size", "8000"],
     "seq-128-then-512": [*OLD_DEFAULT, "--long-seq-len", "512", "--long-fraction", "0.1"],
     "best": [],

@@ -83,17 +83,17 @@ class RawOrt:
     ):
         from bertserve.export.parity import session
         from bertserve.service.artifact import load_artifact
-        from bertserve.service.text import TextEncoder
+        from bertserve.service.text import TextTokenizer
 
         art = load_artifact(artifact)
-        text = TextEncoder(art.tokenizer_json, art.max_seq_len)
+        text = TextTokenizer(art.tokenizer_json, art.max_seq_len)
         self.session = session(art.variants[precision].encoder, threads, gpu)
         self.provider = self.session.get_providers()[0]
         ordered = sorted(sentences, key=len)
         self.sentences = len(ordered)
         self.feeds = []
         for i in range(0, len(ordered), 32):
-            toks = text.encode(ordered[i : i + 32])
+            toks = text.tokenize(ordered[i : i + 32])
             width = max(len(t.ids) for t in toks)
             ids = np.zeros((len(toks), width), np.int64)
             mask = np.zeros_like(ids)

@@ -34,7 +34,7 @@ class Backend(Protocol):
     has_nsp: bool
     has_classifier: bool
 
-    def encode(
+    def hidden_states(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
     ) -> tuple[Floats, Floats | None]:
         """(B, T) int64 x3 -> last_hidden_state (B, T, H) float32, pooler_output (B, H)."""
@@ -166,7 +166,7 @@ class OnnxBackend:
         self.has_nsp = self.nsp is not None and self.has_pooler
         self.has_classifier = self.classifier is not None and self.has_pooler
 
-    def encode(
+    def hidden_states(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints
     ) -> tuple[Floats, Floats | None]:
         rows, cols = input_ids.shape
@@ -184,7 +184,7 @@ class OnnxBackend:
         shapes = self.buckets.shapes() if self.buckets is not None else [(1, 8)]
         for rows, cols in shapes:
             ids = np.ones((rows, cols), dtype=np.int64)
-            self.encode(ids, np.ones_like(ids), np.zeros_like(ids))
+            self.hidden_states(ids, np.ones_like(ids), np.zeros_like(ids))
         return len(shapes)
 
     def _run_bound(self, feeds: dict[str, Ints]) -> list[npt.NDArray[np.float32]]:

@@ -370,7 +370,7 @@ class Batcher:
         if any(p.live(time.monotonic()) for p in call):
             started = time.perf_counter()
             try:
-                outcome.outputs = self.backend.encode(ids, mask, types)
+                outcome.outputs = self.backend.hidden_states(ids, mask, types)
             except Exception as exc:  # the model failed: this call's requests fail, not the loop
                 outcome.error = exc
             outcome.seconds = time.perf_counter() - started  # model time, not the wait

@@ -21,7 +21,7 @@ from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
 from .metrics import Metrics
 from .pooling import l2_normalize, pool_one, softmax
-from .text import LongText, TextEncoder, Tokenized, Window
+from .text import LongText, TextTokenizer, Tokenized, Window
 
 
 class MissingHead(Exception):
@@ -33,7 +33,7 @@ class InvalidInput(ValueError):
 
 
 @dataclass
-class Encoded:
+class SequenceOutput:
     tokenized: Tokenized
     hidden: Floats  # (n, H)
     pooled: Floats | None  # (H,)
@@ -49,7 +49,7 @@ class LongEmbedding:
     token_count: int  # tokens computed, overlaps counted again
 
 
-def encode_vector(vector: Floats, encoding_format: str) -> Floats | str:
+def serialize_vector(vector: Floats, encoding_format: str) -> Floats | str:
     """float: the float32 array itself (orjson writes it); base64: little-endian float32 bytes."""
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -64,11 +64,13 @@ class Engine:
         self.backend = backend
         self.batcher = batcher
         self.metrics = metrics
-        self.text = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
+        self.text = TextTokenizer(artifact.tokenizer_json, artifact.max_seq_len)
         self.mask_id = artifact.special_tokens.get("[MASK]")
         self.model_name = artifact.name
 
-    async def run(self, tokenized: Sequence[Tokenized | Window], route: str) -> list[Encoded]:
+    async def run(
+        self, tokenized: Sequence[Tokenized | Window], route: str
+    ) -> list[SequenceOutput]:
         """Queues every sequence, waits for all; cancels the rest if the caller goes away."""
         state = RequestState()
         futures = self.batcher.submit([(t.ids, t.type_ids) for t in tokenized], state)
@@ -81,7 +83,7 @@ class Engine:
                 future.cancel()
             raise
         return [
-            Encoded(t, hidden, pooled)  # type: ignore[arg-type]
+            SequenceOutput(t, hidden, pooled)  # type: ignore[arg-type]
             for t, (hidden, pooled) in zip(tokenized, results, strict=True)
         ]
 
@@ -96,7 +98,7 @@ class Engine:
         want_tokens: bool,
         route: str,
     ) -> list[LongEmbedding]:
-        """Texts of any length: windows of max_seq_len tokens `stride` apart, encoded in the
+        """Texts of any length: windows of max_seq_len tokens `stride` apart, outputs in the
         same batches as everything else. The sentence vector is the mean of the window vectors
         weighted by their token counts; each token's vector comes from the window where it
         sits most centrally."""
@@ -104,10 +106,10 @@ class Engine:
             raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
         self.check_dimensions(dimensions)
         longs = [self.text.windows(t, stride, max_chunks, i) for i, t in enumerate(texts)]
-        encoded = await self.run([w for lt in longs for w in lt.windows], route)
+        outputs = await self.run([w for lt in longs for w in lt.windows], route)
         results, at = [], 0
         for long_text in longs:
-            parts = encoded[at : at + len(long_text.windows)]
+            parts = outputs[at : at + len(long_text.windows)]
             at += len(long_text.windows)
             results.append(self._combine(long_text, parts, pooling, normalize, dimensions,
                                          want_tokens))  # fmt: skip
@@ -116,7 +118,7 @@ class Engine:
     def _combine(
         self,
         long_text: LongText,
-        parts: list[Encoded],
+        parts: list[SequenceOutput],
         pooling: str,
         normalize: bool,
         dimensions: int | None,
@@ -155,19 +157,25 @@ class Engine:
 
     # -- embeddings --------------------------------------------------------------------------
     def sentence_vectors(
-        self, encoded: Sequence[Encoded], pooling: str, normalize: bool, dimensions: int | None
+        self,
+        outputs: Sequence[SequenceOutput],
+        pooling: str,
+        normalize: bool,
+        dimensions: int | None,
     ) -> list[Floats]:
         if pooling == "pooler" and not self.backend.has_pooler:
             raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
         self.check_dimensions(dimensions)
         vectors = []
-        for item in encoded:
+        for item in outputs:
             pooled = None if item.pooled is None else item.pooled[None]
             vector = pool_one(item.hidden, pooling, pooled)  # (H,)
             vectors.append(self._finish(vector, normalize, dimensions))
         return vectors
 
-    def token_vectors(self, item: Encoded, normalize: bool, dimensions: int | None) -> list[Floats]:
+    def token_vectors(
+        self, item: SequenceOutput, normalize: bool, dimensions: int | None
+    ) -> list[Floats]:
         return [self._finish(row, normalize, dimensions) for row in item.hidden]
 
     def check_dimensions(self, dimensions: int | None) -> None:
@@ -185,14 +193,14 @@ class Engine:
 
     # -- heads -------------------------------------------------------------------------------
     async def fill_mask(
-        self, encoded: Encoded, top_k: int, target_ids: list[int] | None
+        self, outputs: SequenceOutput, top_k: int, target_ids: list[int] | None
     ) -> list[list[tuple[float, int]]]:
         """Per [MASK] position: the top_k (probability, token id), MLM head at masks only."""
         if not self.backend.has_mlm:
             raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
-        positions = np.flatnonzero(encoded.tokenized.ids == self.mask_id)
+        positions = np.flatnonzero(outputs.tokenized.ids == self.mask_id)
         logits = await self.batcher.run_in_model_thread(
-            self.backend.mlm_logits, np.ascontiguousarray(encoded.hidden[positions])
+            self.backend.mlm_logits, np.ascontiguousarray(outputs.hidden[positions])
         )  # (m, V)
         logits = logits[:, : self.text.vocab_size]
         probs = softmax(logits)
@@ -206,16 +214,16 @@ class Engine:
             results.append([(float(row[i]), int(i)) for i in order])
         return results
 
-    async def classify(self, encoded: Sequence[Encoded]) -> Floats:
+    async def classify(self, outputs: Sequence[SequenceOutput]) -> Floats:
         """(B, C) logits of the sequence classifier, from each input's pooled [CLS]."""
         if not self.backend.has_classifier:
             raise MissingHead("this model has no classifier head, so /classify is unavailable")
-        pooled = np.stack([e.pooled for e in encoded if e.pooled is not None])  # (B, H)
+        pooled = np.stack([e.pooled for e in outputs if e.pooled is not None])  # (B, H)
         return self.backend.classifier_logits(pooled)
 
-    async def next_sentence(self, encoded: Sequence[Encoded]) -> list[float]:
+    async def next_sentence(self, outputs: Sequence[SequenceOutput]) -> list[float]:
         if not self.backend.has_nsp:
             raise MissingHead("this model has no next-sentence head")
-        pooled = np.stack([e.pooled for e in encoded if e.pooled is not None])  # (B, H)
+        pooled = np.stack([e.pooled for e in outputs if e.pooled is not None])  # (B, H)
         logits = await self.batcher.run_in_model_thread(self.backend.nsp_logits, pooled)  # (B, 2)
         return [float(p) for p in softmax(logits)[:, 0]]

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from .engine import Engine, InvalidInput, MissingHead, encode_vector
+from .engine import Engine, InvalidInput, MissingHead, serialize_vector
 from .errors import NotReady, TooLarge
 from .pooling import softmax
 from .route_docs import ERRORS
@@ -99,21 +99,21 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     normalize = engine.artifact.normalize if body.normalize is None else body.normalize
     if (body.long_inputs or settings.long_inputs) == "chunk":
         return await chunked_payload(body, texts, engine, settings, pooling, normalize)
-    tokenized = engine.text.encode(texts, body.truncate, body.truncation_direction)
+    tokenized = engine.text.tokenize(texts, body.truncate, body.truncation_direction)
     if body.output != "sentence":
         check_token_vectors(sum(len(t.ids) for t in tokenized), settings)
-    encoded = await engine.run(tokenized, "/embed")
+    outputs = await engine.run(tokenized, "/embed")
     want_sentence = body.output in ("sentence", "both")
     sentences = (
-        engine.sentence_vectors(encoded, pooling, normalize, body.dimensions)
+        engine.sentence_vectors(outputs, pooling, normalize, body.dimensions)
         if want_sentence
         else []
     )
     data = []
-    for index, item in enumerate(encoded):
+    for index, item in enumerate(outputs):
         row: dict[str, Any] = {"index": index}
         if want_sentence:
-            row["embedding"] = encode_vector(sentences[index], body.encoding_format)
+            row["embedding"] = serialize_vector(sentences[index], body.encoding_format)
         if body.output in ("tokens", "both"):
             vectors = engine.token_vectors(item, normalize, body.dimensions)
             row["tokens"] = [
@@ -147,7 +147,7 @@ def token_row(
         "token": token,
         "start": span[0],
         "end": span[1],
-        "embedding": encode_vector(vector, encoding_format),
+        "embedding": serialize_vector(vector, encoding_format),
     }
 
 
@@ -193,7 +193,7 @@ async def chunked_payload(
     for index, result in enumerate(results):
         row: dict[str, Any] = {"index": index}
         if body.output in ("sentence", "both"):
-            row["embedding"] = encode_vector(result.sentence, body.encoding_format)
+            row["embedding"] = serialize_vector(result.sentence, body.encoding_format)
         if want_tokens:
             row["tokens"] = [
                 token_row(tid, tok, span, vec, body.encoding_format)
@@ -225,13 +225,13 @@ async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Set
                 raise InvalidInput(f"target {target!r} is not a single token of the vocabulary")
             target_ids.append(ids[0])
     remedy = "send a shorter text (fill-mask never truncates, so that no [MASK] is lost)"
-    tokenized = engine.text.encode(texts, truncate=False, remedy=remedy)
+    tokenized = engine.text.tokenize(texts, truncate=False, remedy=remedy)
     for index, tokens in enumerate(tokenized):
         if not (tokens.ids == engine.mask_id).any():
             raise InvalidInput(f"inputs[{index}] has no [MASK] token")
-    encoded = await engine.run(tokenized, "/fill-mask")
+    outputs = await engine.run(tokenized, "/fill-mask")
     results: list[Any] = []
-    for item in encoded:
+    for item in outputs:
         per_mask = await engine.fill_mask(item, body.top_k, target_ids)
         positions = [int(p) for p in (item.tokenized.ids == engine.mask_id).nonzero()[0]]
         masks = []
@@ -263,9 +263,9 @@ async def next_sentence_payload(
     check_inputs([t for pair in body.pairs for t in pair], settings, "pairs", len(body.pairs))
     if not engine.backend.has_nsp:
         raise MissingHead("this model has no next-sentence head")
-    tokenized = engine.text.encode([(p[0], p[1]) for p in body.pairs], truncate=True)
-    encoded = await engine.run(tokenized, "/next-sentence")
-    probabilities = await engine.next_sentence(encoded)
+    tokenized = engine.text.tokenize([(p[0], p[1]) for p in body.pairs], truncate=True)
+    outputs = await engine.run(tokenized, "/next-sentence")
+    probabilities = await engine.next_sentence(outputs)
     return NextSentenceResponse(
         model=engine.model_name,
         data=[NextSentenceOut(index=i, is_next=p) for i, p in enumerate(probabilities)],
@@ -286,9 +286,9 @@ async def classify_payload(
     labels = engine.artifact.labels
     if body.top_k is not None and body.top_k > len(labels):
         raise InvalidInput(f"top_k {body.top_k} exceeds the model's {len(labels)} labels")
-    tokenized = engine.text.encode(pairs if pairs else inputs, truncate=True)
-    encoded = await engine.run(tokenized, "/classify")
-    logits = await engine.classify(encoded)  # (B, C)
+    tokenized = engine.text.tokenize(pairs if pairs else inputs, truncate=True)
+    outputs = await engine.run(tokenized, "/classify")
+    logits = await engine.classify(outputs)  # (B, C)
     regression = engine.artifact.regression
     function = body.function_to_apply or ("none" if regression else "softmax")
     if function == "softmax":
@@ -335,14 +335,18 @@ async def openai_payload(
         vectors = [r.sentence for r in results]
         count = sum(r.token_count for r in results)
     else:
-        tokenized = engine.text.encode(texts, truncate=True)
-        encoded = await engine.run(tokenized, "/v1/embeddings")
-        vectors = engine.sentence_vectors(encoded, engine.artifact.pooling, True, body.dimensions)
+        tokenized = engine.text.tokenize(texts, truncate=True)
+        outputs = await engine.run(tokenized, "/v1/embeddings")
+        vectors = engine.sentence_vectors(outputs, engine.artifact.pooling, True, body.dimensions)
         count = sum(len(t.ids) for t in tokenized)
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": serialize_vector(v, body.encoding_format),
+            }
             for i, v in enumerate(vectors)
         ],
         "model": body.model or engine.model_name,
@@ -363,7 +367,7 @@ async def tokenize_payload(
             offsets=t.offsets,
             truncated=t.truncated,
         )
-        for i, t in enumerate(engine.text.encode(texts, truncate=True))
+        for i, t in enumerate(engine.text.tokenize(texts, truncate=True))
     ]
 
 

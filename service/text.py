@@ -75,7 +75,7 @@ class TooManyWindows(ValueError):
     """A text that needs more windows than max_chunks (413)."""
 
 
-class TextEncoder:
+class TextTokenizer:
     """Three copies of the tokenizer, because truncation settings live on the object."""
 
     def __init__(self, tokenizer_json: str, max_len: int) -> None:
@@ -91,7 +91,7 @@ class TextEncoder:
         self.left.enable_truncation(max_len, direction="left")
         self.vocab_size = self.full.get_vocab_size()
 
-    def encode(
+    def tokenize(
         self,
         texts: list[str] | list[tuple[str, str]],
         truncate: bool = True,

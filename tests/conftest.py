@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,6 +17,23 @@ import pytest
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+# what runs on the `serve` install (no torch, no export): the API and batcher on tests/fakes.py
+SERVE_INSTALL_TESTS = frozenset(
+    {"test_batcher.py", "test_service_errors.py", "test_service_asgi.py"}
+)
+SERVE_INSTALL = importlib.util.find_spec("torch") is None
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    if SERVE_INSTALL and collection_path.name.startswith("test_"):
+        return collection_path.name not in SERVE_INSTALL_TESTS
+    return None
+
+
+def pytest_report_header() -> str | None:
+    if SERVE_INSTALL:
+        return f"no torch (the serve install): only {', '.join(sorted(SERVE_INSTALL_TESTS))}"
+    return None
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,8 +41,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["BERTSERVE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def needs(module: str, extra: str) -> None:
+    """Skips a test whose fixture needs an extra that this install lacks (the `serve` install
+    runs the API and batcher tests on tests/fakes.py alone)."""
+    pytest.importorskip(module, reason=f"needs the {extra} extra: pip install -e '.[{extra}]'")
+
+
 @pytest.fixture(scope="session")
 def english_tokenizer():
+    needs("torch", "train")
     from bertserve.training.corpus import Corpus
     from bertserve.training.tokenizer import train_tokenizer
 
@@ -35,6 +60,7 @@ def english_tokenizer():
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT pretrained for a few dozen steps on tests/data (MLM and NSP heads)."""
+    needs("torch", "train")
     from bertserve.training.config import TrainConfig
     from bertserve.training.trainer import train
 
@@ -61,6 +87,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs("onnx", "export")
     from bertserve.export.pipeline import ExportOptions, export_artifact
 
     out = tmp_path_factory.mktemp("artifact") / "tiny"

@@ -16,9 +16,9 @@ def test_the_io_binding_path_gives_the_plain_run_outputs(tiny_artifact):
     ids = np.array([[2, 10, 11, 12, 3, 0], [2, 13, 3, 14, 3, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     types = np.zeros_like(ids)
-    plain = backend.encode(ids, mask, types)
+    plain = backend.hidden_states(ids, mask, types)
     backend.io_binding = True
-    bound = backend.encode(ids, mask, types)
+    bound = backend.hidden_states(ids, mask, types)
     for a, b in zip(plain, bound, strict=True):
         assert a is not None and b is not None
         assert a.shape == b.shape and np.array_equal(a, b)
@@ -33,13 +33,13 @@ def test_shape_buckets_pad_and_cut_back_without_changing_outputs(tiny_artifact):
     mask = np.ones_like(ids)
     mask[1, 7:] = 0
     types = np.zeros_like(ids)
-    plain_hidden, plain_pooled = backend.encode(ids, mask, types)
+    plain_hidden, plain_pooled = backend.hidden_states(ids, mask, types)
     backend.buckets = ShapeBuckets(max_batch_size=6, max_seq_len=40)  # as OnnxBackend on CUDA
     assert backend.warm_up() == 4 * 3  # rows 1,2,4,6 x 16,32,40
     padded = backend.buckets.pad(ids, mask, types)
     assert [a.shape for a in padded] == [(4, 16)] * 3
     assert padded[1][3].tolist() == [1] + [0] * 15  # an added row attends to one position
-    hidden, pooled = backend.encode(ids, mask, types)
+    hidden, pooled = backend.hidden_states(ids, mask, types)
     assert hidden.shape == plain_hidden.shape
     assert np.abs(hidden - plain_hidden)[mask.astype(bool)].max() <= 1e-5
     if plain_pooled is not None:

@@ -39,7 +39,7 @@ class SlowModel:
         self.running = 0
         self.lock = threading.Lock()
 
-    def encode(
+    def hidden_states(
         self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray
     ) -> tuple[np.ndarray, None]:
         with self.lock:

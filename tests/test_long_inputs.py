@@ -11,35 +11,37 @@ import numpy as np
 
 from bertserve.service.artifact import load_artifact
 from bertserve.service.pooling import pool
-from bertserve.service.text import TextEncoder
+from bertserve.service.text import TextTokenizer
 from tests.conftest import DATA
 from tests.test_service import CountingBackend, serve
 
 
-def _long_text(path: str, encoder: TextEncoder, tokens: int = 0, chars: int = 0) -> str:
+def _long_text(path: str, tokenizer: TextTokenizer, tokens: int = 0, chars: int = 0) -> str:
     text = ""
     for paragraph in (DATA / path).read_text(encoding="utf-8").split("\n"):
         if not paragraph.strip():
             continue
         text = f"{text} {paragraph}".strip()
-        if tokens and len(encoder.full.encode(text, add_special_tokens=False).ids) >= tokens:
+        if tokens and len(tokenizer.full.encode(text, add_special_tokens=False).ids) >= tokens:
             return text
         if chars and len(text) >= chars:
             return text[:chars]
     raise AssertionError(f"{path} is too short")
 
 
-def _by_hand(backend: CountingBackend, encoder: TextEncoder, text: str, stride: int) -> np.ndarray:
+def _by_hand(
+    backend: CountingBackend, tokenizer: TextTokenizer, text: str, stride: int
+) -> np.ndarray:
     """The windows built and embedded one at a time, mean-pooled, token-weighted."""
-    ids = encoder.full.encode(text, add_special_tokens=False).ids
-    span = encoder.max_len - 2
-    cls, sep = encoder.full.token_to_id("[CLS]"), encoder.full.token_to_id("[SEP]")
+    ids = tokenizer.full.encode(text, add_special_tokens=False).ids
+    span = tokenizer.max_len - 2
+    cls, sep = tokenizer.full.token_to_id("[CLS]"), tokenizer.full.token_to_id("[SEP]")
     last = max(len(ids) - span, 0)
     vectors, weights = [], []
     for start in [*range(0, last, stride), last]:
         window = np.array([[cls, *ids[start : start + span], sep]], dtype=np.int64)
         ones = np.ones_like(window)
-        hidden, _ = backend.inner.encode(window, ones, np.zeros_like(window))
+        hidden, _ = backend.inner.hidden_states(window, ones, np.zeros_like(window))
         vectors.append(pool(hidden, ones, "mean")[0])
         weights.append(window.shape[1])
     w = np.array(weights, dtype=np.float32)
@@ -48,9 +50,9 @@ def _by_hand(backend: CountingBackend, encoder: TextEncoder, text: str, stride: 
 
 def _check_long(tiny_artifact: Any, source: str, tokens: int = 0, chars: int = 0) -> None:
     artifact = load_artifact(tiny_artifact)
-    encoder = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
-    text = _long_text(source, encoder, tokens=tokens, chars=chars)
-    content = encoder.full.encode(text, add_special_tokens=False)
+    tokenizer = TextTokenizer(artifact.tokenizer_json, artifact.max_seq_len)
+    text = _long_text(source, tokenizer, tokens=tokens, chars=chars)
+    content = tokenizer.full.encode(text, add_special_tokens=False)
     assert len(content.ids) >= 0.9 * (tokens or chars)  # a text many windows long
 
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
@@ -69,7 +71,7 @@ def _check_long(tiny_artifact: Any, source: str, tokens: int = 0, chars: int = 0
             covered[token["start"] : token["end"]] = True
         assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())
         # the sentence vector is the token-weighted mean of the windows
-        expected = _by_hand(backend, encoder, text, stride)
+        expected = _by_hand(backend, tokenizer, text, stride)
         assert np.abs(np.array(row["embedding"]) - expected).max() <= 1e-4
         windows = row["chunks"]
         assert windows == len(range(0, len(content.ids) - (artifact.max_seq_len - 2), stride)) + 1
@@ -89,8 +91,8 @@ def test_a_3000_character_chinese_text_is_embedded_whole(tiny_artifact):
 
 def test_window_limits_and_server_defaults(tiny_artifact):
     artifact = load_artifact(tiny_artifact)
-    encoder = TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
-    text = _long_text("english.txt", encoder, tokens=1000)
+    tokenizer = TextTokenizer(artifact.tokenizer_json, artifact.max_seq_len)
+    text = _long_text("english.txt", tokenizer, tokens=1000)
 
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         r = await client.post("/embed", json={"inputs": text, "long_inputs": "chunk"})

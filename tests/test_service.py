@@ -17,13 +17,12 @@ import httpx
 import numpy as np
 import pytest
 
-from bertserve.service.app import create_app
 from bertserve.service.artifact import load_artifact
 from bertserve.service.backend import OnnxBackend
 from bertserve.service.batcher import Pending, RequestState, split_by_padding, take_batch
 from bertserve.service.pooling import pool, pool_one
-from bertserve.service.settings import Settings
 from tests.conftest import REPO, running_server, serve_command, sts_sentences
+from tests.fakes import serve_app
 
 
 class CountingBackend:
@@ -45,14 +44,14 @@ class CountingBackend:
         ):
             setattr(self, name, getattr(inner, name))
 
-    def encode(self, ids: Any, mask: Any, types: Any) -> Any:
+    def hidden_states(self, ids: Any, mask: Any, types: Any) -> Any:
         self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("injected fault")
-        return self.inner.encode(ids, mask, types)
+        return self.inner.hidden_states(ids, mask, types)
 
     def warm_up(self) -> int:
         self.calls += 1
@@ -73,20 +72,11 @@ def serve(
     test: Callable[[httpx.AsyncClient, CountingBackend], Awaitable[None]],
     **overrides: Any,
 ) -> None:
-    """Runs `test` against the app (lifespan included) over an in-process ASGI transport."""
+    """Runs `test` against the app over the real ONNX backend of `artifact_dir` (fp32 unless
+    `precision` is given)."""
     artifact = load_artifact(artifact_dir)
-    overrides.setdefault("precision", "fp32")
-    settings = Settings(model=artifact_dir, threads=2, **overrides)
-    backend = CountingBackend(OnnxBackend(artifact, "cpu", settings.precision, 2))
-    app = create_app(settings, backend, artifact)
-
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                await test(client, backend)
-
-    asyncio.run(main())
+    backend = CountingBackend(OnnxBackend(artifact, "cpu", overrides.get("precision", "fp32"), 2))
+    serve_app(artifact, backend, test, **overrides)
 
 
 # -- take_batch, a pure function ----------------------------------------------------------------
@@ -159,8 +149,8 @@ def test_batched_embeddings_equal_single_ones(tiny_artifact, precision):
         engine_text = app_text(tiny_artifact)
         for sentence, response in zip(sentences, responses, strict=True):
             got = np.array(response.json()["data"][0]["embedding"], dtype=np.float32)
-            tokens = engine_text.encode([sentence])[0]
-            hidden, _ = backend.inner.encode(
+            tokens = engine_text.tokenize([sentence])[0]
+            hidden, _ = backend.inner.hidden_states(
                 tokens.ids[None], np.ones((1, len(tokens.ids)), np.int64), tokens.type_ids[None]
             )
             alone = pool(hidden, np.ones((1, len(tokens.ids)), np.int64), "mean")[0]
@@ -171,10 +161,10 @@ def test_batched_embeddings_equal_single_ones(tiny_artifact, precision):
 
 
 def app_text(artifact_dir: Path) -> Any:
-    from bertserve.service.text import TextEncoder
+    from bertserve.service.text import TextTokenizer
 
     artifact = load_artifact(artifact_dir)
-    return TextEncoder(artifact.tokenizer_json, artifact.max_seq_len)
+    return TextTokenizer(artifact.tokenizer_json, artifact.max_seq_len)
 
 
 # -- every route --------------------------------------------------------------------------------

@@ -10,18 +10,17 @@ from typing import Any
 import httpx
 
 from bertserve.service.app import create_app
-from bertserve.service.artifact import load_artifact
-from bertserve.service.backend import OnnxBackend
 from bertserve.service.settings import Settings
-from tests.test_service import CountingBackend, _sample
+from tests.fakes import FakeBackend, fake_artifact
+from tests.test_service import _sample
 
 
-def test_a_client_that_disconnects_is_cancelled_before_compute(tiny_artifact):
-    artifact = load_artifact(tiny_artifact)
+def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
+    artifact = fake_artifact(tmp_path)
     settings = Settings(
-        model=tiny_artifact, threads=2, precision="fp32", max_batch_size=1, max_wait_ms=0
+        model=tmp_path, threads=2, precision="fp32", max_batch_size=1, max_wait_ms=0
     )
-    backend = CountingBackend(OnnxBackend(artifact, "cpu", "fp32", 2))
+    backend = FakeBackend(artifact)
     app = create_app(settings, backend, artifact)
     body = json.dumps({"inputs": ["a", "b", "c", "d", "e"]}).encode()
 
@@ -67,10 +66,10 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tiny_artifact):
     asyncio.run(main())
 
 
-def test_a_body_that_never_arrives_is_408_not_a_hang(tiny_artifact):
-    artifact = load_artifact(tiny_artifact)
-    settings = Settings(model=tiny_artifact, threads=2, precision="fp32", body_timeout_s=0.2)
-    app = create_app(settings, CountingBackend(OnnxBackend(artifact, "cpu", "fp32", 2)), artifact)
+def test_a_body_that_never_arrives_is_408_not_a_hang(tmp_path):
+    artifact = fake_artifact(tmp_path)
+    settings = Settings(model=tmp_path, threads=2, precision="fp32", body_timeout_s=0.2)
+    app = create_app(settings, FakeBackend(artifact), artifact)
 
     async def request(path: str) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []
@@ -105,7 +104,7 @@ def test_a_body_that_never_arrives_is_408_not_a_hang(tiny_artifact):
     asyncio.run(main())
 
 
-def test_every_post_route_has_one_path_and_a_docs_entry(tiny_artifact):
+def test_every_post_route_has_one_path_and_a_docs_entry(tmp_path):
     """POST routes are answered by the hot path alone: FastAPI mounts none of them, and /docs
     still declares each with its request schema."""
     from fastapi.routing import APIRoute
@@ -113,9 +112,9 @@ def test_every_post_route_has_one_path_and_a_docs_entry(tiny_artifact):
     from bertserve.service.route_docs import documented
     from bertserve.service.routes import POST_ROUTES
 
-    artifact = load_artifact(tiny_artifact)
-    settings = Settings(model=tiny_artifact, threads=2, precision="fp32")
-    app = create_app(settings, CountingBackend(OnnxBackend(artifact, "cpu", "fp32", 2)), artifact)
+    artifact = fake_artifact(tmp_path)
+    settings = Settings(model=tmp_path, threads=2, precision="fp32")
+    app = create_app(settings, FakeBackend(artifact), artifact)
     mounted_post = [
         r.path for r in app.router.routes if isinstance(r, APIRoute) and "POST" in r.methods
     ]

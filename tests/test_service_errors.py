@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.test_service import CountingBackend, serve
+from tests.fakes import FakeBackend, serve_fake
 
 # ----------------------------------------------------------------------------------
 BAD: list[tuple[str, str, Any, int, str]] = [
@@ -101,8 +101,8 @@ BAD: list[tuple[str, str, Any, int, str]] = [
 ]
 
 
-def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tmp_path):
+    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
         for name, path, body, status, words in BAD:
             if isinstance(body, bytes):
                 r = await client.post(
@@ -119,8 +119,8 @@ def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifac
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 128
 
     assert len(BAD) >= 25
-    serve(
-        tiny_artifact,
+    serve_fake(
+        tmp_path,
         check,
         max_inputs=8,
         max_input_chars=2000,
@@ -129,27 +129,27 @@ def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tiny_artifac
     )
 
 
-def test_pairs_count_as_one_input_each(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+def test_pairs_count_as_one_input_each(tmp_path):
+    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
         r = await client.post("/next-sentence", json={"pairs": [["a", "b"]] * 8})  # 16 texts
         assert r.status_code == 200 and len(r.json()["data"]) == 8
 
-    serve(tiny_artifact, check, max_inputs=8)
+    serve_fake(tmp_path, check, max_inputs=8)
 
 
-def test_a_request_larger_than_the_queue_is_413_not_429(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+def test_a_request_larger_than_the_queue_is_413_not_429(tmp_path):
+    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
         r = await client.post("/embed", json={"inputs": ["word " * 100] * 2})  # 2 x 64 tokens
         assert r.status_code == 413, r.text
         assert "exceeds max_queued_tokens 64" in r.json()["error"]["message"]
         assert "retry-after" not in r.headers
         assert (await client.post("/embed", json={"inputs": "short"})).status_code == 200
 
-    serve(tiny_artifact, check, max_queued_tokens=64)
+    serve_fake(tmp_path, check, max_queued_tokens=64)
 
 
-def test_api_key_is_required_when_set(tiny_artifact):
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+def test_api_key_is_required_when_set(tmp_path):
+    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
         assert (await client.post("/embed", json={"inputs": "a"})).status_code == 401
         wrong = {"authorization": "Bearer nope"}
         r = await client.post("/embed", json={"inputs": "a"}, headers=wrong)
@@ -159,36 +159,19 @@ def test_api_key_is_required_when_set(tiny_artifact):
         for path in ("/health", "/ready", "/metrics"):
             assert (await client.get(path)).status_code == 200
 
-    serve(tiny_artifact, check, api_key="s3cret")
+    serve_fake(tmp_path, check, api_key="s3cret")
 
 
 def test_embedding_only_model_answers_424_for_heads(tmp_path):
-    import torch
-    import transformers
-
-    from bertserve.export.pipeline import ExportOptions, export_artifact
-
-    cfg = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(95)]]
-    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(vocab))
-    export_artifact(tmp_path / "hf", tmp_path / "art", ExportOptions(("fp32",), progress=False))
-
-    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
         for path, body in (
-            ("/fill-mask", {"inputs": "w1 [MASK]"}),
-            ("/next-sentence", {"pairs": [["w1", "w2"]]}),
-            ("/embed", {"inputs": "w1", "pooling": "pooler"}),
+            ("/fill-mask", {"inputs": "the [MASK]"}),
+            ("/next-sentence", {"pairs": [["the river", "the sea"]]}),
+            ("/embed", {"inputs": "the", "pooling": "pooler"}),
+            ("/classify", {"inputs": "the"}),
         ):
             r = await client.post(path, json=body)
             assert r.status_code == 424, (path, r.text)
-        assert (await client.post("/embed", json={"inputs": "w1 w2"})).status_code == 200
+        assert (await client.post("/embed", json={"inputs": "the river"})).status_code == 200
 
-    serve(tmp_path / "art", check)
+    serve_fake(tmp_path, check, mlm=False, nsp=False, pooler=False)
