@@ -12,10 +12,9 @@ a client that disconnects cancels its request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +26,7 @@ from .routes import POST_ROUTES, json_bytes, ready_engine
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
 # held /health for seconds when parsed on it
 BIG_BODY_BYTES = 256 * 1024
+T = TypeVar("T")
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -56,26 +56,31 @@ def parse(schema: type[BaseModel], body: bytes) -> Any:
         return schema.model_validate(document)
 
 
-async def _unless_disconnected(work: Awaitable[Any], receive: Receive) -> Any:
-    """Awaits `work`, cancelling it when the client disconnects first: the request's queued
-    sequences are then dropped before compute (the batcher counts them as cancelled)."""
-    task = asyncio.ensure_future(work)
+async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+    """Awaits `work` in this task while a watcher waits for the client's disconnect, which
+    cancels this task (and so `work`): the request's queued sequences are then dropped before
+    compute (the batcher counts them as cancelled). One task per request, not two plus a wait
+    (profiled under 32 single-sentence clients)."""
+    this = asyncio.current_task()
+    assert this is not None
+    gone = False
 
-    async def disconnected() -> None:
+    async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        this.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            raise ConnectionAbortedError("client went away") from None
+        raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ConnectionAbortedError("client went away")
-    return task.result()
 
 
 class HotPathMiddleware:
