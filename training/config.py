@@ -143,7 +143,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 5e-4  # 1e-3 left post-LN mini on the unigram plateau in 2 of 4 10-min runs
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-6
