@@ -174,14 +174,16 @@ def train_anchor(corpus: Path, tokenizer_path: Path, out: Path, budget_s: float)
         for group in optimizer.param_groups:
             group["lr"] = max(lr, 0.0)
         b = source.next_batch(32)
-        labels = torch.full_like(b.input_ids, -100).view(-1)
+        labels = torch.full_like(b.input_ids, -100).view(-1)  # (B*T,)
         labels[b.masked_positions] = b.masked_labels
-        loss = model(
+        logits = model(  # BertForPreTraining sums a loss only when given NSP labels too
             input_ids=b.input_ids,
             attention_mask=b.attention_mask,
             token_type_ids=b.token_type_ids,
-            labels=labels.view_as(b.input_ids),
-        ).loss
+        ).prediction_logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.shape[-1]), labels, ignore_index=-100
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
