@@ -10,6 +10,7 @@ batches today's default recipe draws, for the same budget.
 
   python bench/pretrain_quality.py --budget 10m                 # every recipe, ~2 h on 2 cores
   python bench/pretrain_quality.py --budget 2m --recipes default,no-nsp,best
+  python bench/pretrain_quality.py --budget 3m --device cuda    # a lent GPU: ~100x the tokens
 
 Chunks of CHUNK_PARAGRAPHS paragraphs stand for documents (a gutenberg-en document is a whole
 book), so NSP has documents to draw negatives from and held-out text comes from seen books.
@@ -105,12 +106,13 @@ def eval_batches(corpus: Path, tokenizer_path: Path, count: int) -> list:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, batches: list) -> tuple[float, float]:
+def score(model: torch.nn.Module, batches: list, device: str = "cpu") -> tuple[float, float]:
     """(MLM accuracy, MLM cross-entropy) over the masked positions of `batches`."""
     model.eval()
     hits = total = 0
     loss_sum = 0.0
     for b in batches:
+        b = b.to(torch.device(device))
         out = model(b.input_ids, b.attention_mask, b.token_type_ids, b.masked_positions)
         logits = out.mlm_logits.float()
         hits += int((logits.argmax(-1) == b.masked_labels).sum())
@@ -121,9 +123,11 @@ def score(model: torch.nn.Module, batches: list) -> tuple[float, float]:
     return hits / total, loss_sum / total
 
 
-def train_recipe(flags: list[str], corpus: Path, tokenizer: Path, out: Path, budget: str) -> dict:
+def train_recipe(
+    flags: list[str], corpus: Path, tokenizer: Path, out: Path, budget: str, device: str
+) -> dict:
     args = [sys.executable, "-m", "bertserve.training", "--corpus", str(corpus), "--out", str(out)]
-    args += ["--overwrite", "--time-budget", budget, *BASE, *flags]
+    args += ["--overwrite", "--time-budget", budget, "--device", device, *BASE, *flags]
     if "--vocab-size" not in flags:
         args += ["--tokenizer", str(tokenizer)]
     started = time.perf_counter()
@@ -137,7 +141,9 @@ def train_recipe(flags: list[str], corpus: Path, tokenizer: Path, out: Path, bud
     }
 
 
-def train_anchor(corpus: Path, tokenizer_path: Path, out: Path, budget_s: float) -> dict:
+def train_anchor(
+    corpus: Path, tokenizer_path: Path, out: Path, budget_s: float, device: str
+) -> dict:
     """transformers' BertForPreTraining, a plain loop in fp32 (AdamW at today's default rate,
     linear warmup, linear decay by time) on the batches today's default recipe draws (full
     sentences, MLM only)."""
@@ -166,14 +172,14 @@ def train_anchor(corpus: Path, tokenizer_path: Path, out: Path, budget_s: float)
     shape.pop("trained_heads")
     hf_config = HFConfig(**shape)
     torch.manual_seed(0)
-    model = HFModel(hf_config).train()
+    model = HFModel(hf_config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=ANCHOR_LR, weight_decay=0.01, eps=1e-6)
     started, steps, tokens = time.perf_counter(), 0, 0
     while (elapsed := time.perf_counter() - started) < budget_s:
         lr = ANCHOR_LR * min((steps + 1) / ANCHOR_WARMUP, 1.0 - elapsed / budget_s)
         for group in optimizer.param_groups:
             group["lr"] = max(lr, 0.0)
-        b = source.next_batch(32)
+        b = source.next_batch(32).to(torch.device(device))
         labels = torch.full_like(b.input_ids, -100).view(-1)  # (B*T,)
         labels[b.masked_positions] = b.masked_labels
         logits = model(  # BertForPreTraining sums a loss only when given NSP labels too
@@ -202,6 +208,7 @@ def main() -> None:
     p.add_argument("--unseen-file", type=Path, default=CORPORA / "gutenberg_en_01.txt")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "pretrain-quality")
     p.add_argument("--json", type=Path, help="write the table here too")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where every recipe trains")
     args = p.parse_args()
     if not args.train_file.is_file():
         raise SystemExit(f"{args.train_file} not found (the bench reads ../shared/corpora)")
@@ -233,10 +240,12 @@ def main() -> None:
     for name in args.recipes.split(","):
         out = work / name
         if name == "anchor":
-            figures = train_anchor(train_txt, tokenizer, out, budget_s)
+            figures = train_anchor(train_txt, tokenizer, out, budget_s, args.device)
             run_tokenizer = tokenizer
         else:
-            figures = train_recipe(RECIPES[name], train_txt, tokenizer, out, args.budget)
+            figures = train_recipe(
+                RECIPES[name], train_txt, tokenizer, out, args.budget, args.device
+            )
             run_tokenizer = out / "tokenizer.json"
         key = run_tokenizer.resolve()
         if key not in eval_cache:  # the same pairs for every recipe that shares the tokenizer
@@ -245,9 +254,9 @@ def main() -> None:
                 eval_batches(unseen_txt, run_tokenizer, EVAL_PAIRS),
             )
         held, unseen = eval_cache[key]
-        model = load_model(out)
-        figures["held_acc"], figures["held_loss"] = score(model, held)
-        figures["unseen_acc"], figures["unseen_loss"] = score(model, unseen)
+        model = load_model(out).to(args.device)
+        figures["held_acc"], figures["held_loss"] = score(model, held, args.device)
+        figures["unseen_acc"], figures["unseen_loss"] = score(model, unseen, args.device)
         results[name] = figures
         print(
             f"{name:12s} steps {figures['steps']:6d}  tokens/s {figures['tokens_per_s']:8.0f}  "
