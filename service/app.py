@@ -47,9 +47,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = artifact or load_artifact(settings.model)
-        model = backend or OnnxBackend(
-            loaded, settings.device, settings.precision, settings.threads, settings.max_batch_size
-        )
+        model = backend or OnnxBackend.for_settings(loaded, settings)
         batcher = Batcher(
             model,
             metrics,

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from bertserve.commands import one_line
 
 from .artifact import Artifact, ArtifactError, Variant
+from .settings import Settings
 from .shapes import ShapeBuckets
 
 log = logging.getLogger("bertserve")
@@ -165,6 +166,13 @@ class OnnxBackend:
         self.has_mlm = self.mlm is not None
         self.has_nsp = self.nsp is not None and self.has_pooler
         self.has_classifier = self.classifier is not None and self.has_pooler
+
+    @classmethod
+    def for_settings(cls, artifact: Artifact, settings: Settings) -> OnnxBackend:
+        """The backend `settings` ask for (device, precision, threads, batch cap)."""
+        return cls(
+            artifact, settings.device, settings.precision, settings.threads, settings.max_batch_size
+        )
 
     def hidden_states(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints

@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ort.set_default_logger_severity(4)  # a broken graph is reported once, by us, in one line
     try:
         artifact = load_artifact(Path(settings.model))
-        backend = OnnxBackend(
-            artifact, settings.device, settings.precision, settings.threads, settings.max_batch_size
-        )
+        backend = OnnxBackend.for_settings(artifact, settings)
     except ArtifactError as exc:
         print(f"bert-serve: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -32,6 +32,15 @@ class InvalidInput(ValueError):
     """Well-formed but unusable input (422)."""
 
 
+# what each optional part of the model is needed for, as the 424 says it
+_MISSING = {
+    "pooler": "pooling 'pooler' needs a model with a pooler; this one has none",
+    "mlm": "this model has no MLM head, so /fill-mask is unavailable",
+    "nsp": "this model has no next-sentence head",
+    "classifier": "this model has no classifier head, so /classify is unavailable",
+}
+
+
 @dataclass
 class SequenceOutput:
     tokenized: Tokenized
@@ -68,6 +77,19 @@ class Engine:
         self.mask_id = artifact.special_tokens.get("[MASK]")
         self.model_name = artifact.name
 
+    def require(self, part: str) -> None:
+        """Raises MissingHead when the model lacks `part` (pooler, mlm, nsp, classifier):
+        routes call it before any compute, the one check of each part."""
+        backend = self.backend
+        present = {
+            "pooler": backend.has_pooler,
+            "mlm": backend.has_mlm,
+            "nsp": backend.has_nsp,
+            "classifier": backend.has_classifier,
+        }[part]
+        if not present:
+            raise MissingHead(_MISSING[part])
+
     async def run(
         self, tokenized: Sequence[Tokenized | Window], route: str
     ) -> list[SequenceOutput]:
@@ -98,12 +120,12 @@ class Engine:
         want_tokens: bool,
         route: str,
     ) -> list[LongEmbedding]:
-        """Texts of any length: windows of max_seq_len tokens `stride` apart, outputs in the
-        same batches as everything else. The sentence vector is the mean of the window vectors
+        """Texts of any length: windows of max_seq_len tokens `stride` apart, run in the same
+        batches as everything else. The sentence vector is the mean of the window vectors
         weighted by their token counts; each token's vector comes from the window where it
         sits most centrally."""
-        if pooling == "pooler" and not self.backend.has_pooler:
-            raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
+        if pooling == "pooler":
+            self.require("pooler")
         self.check_dimensions(dimensions)
         longs = [self.text.windows(t, stride, max_chunks, i) for i, t in enumerate(texts)]
         outputs = await self.run([w for lt in longs for w in lt.windows], route)
@@ -163,8 +185,8 @@ class Engine:
         normalize: bool,
         dimensions: int | None,
     ) -> list[Floats]:
-        if pooling == "pooler" and not self.backend.has_pooler:
-            raise MissingHead("pooling 'pooler' needs a model with a pooler; this one has none")
+        if pooling == "pooler":
+            self.require("pooler")
         self.check_dimensions(dimensions)
         vectors = []
         for item in outputs:
@@ -195,9 +217,8 @@ class Engine:
     async def fill_mask(
         self, outputs: SequenceOutput, top_k: int, target_ids: list[int] | None
     ) -> list[list[tuple[float, int]]]:
-        """Per [MASK] position: the top_k (probability, token id), MLM head at masks only."""
-        if not self.backend.has_mlm:
-            raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
+        """Per [MASK] position: the top_k (probability, token id), MLM head at masks only.
+        The route has called require("mlm"), as for each head below."""
         positions = np.flatnonzero(outputs.tokenized.ids == self.mask_id)
         logits = await self.batcher.run_in_model_thread(
             self.backend.mlm_logits, np.ascontiguousarray(outputs.hidden[positions])
@@ -216,14 +237,10 @@ class Engine:
 
     async def classify(self, outputs: Sequence[SequenceOutput]) -> Floats:
         """(B, C) logits of the sequence classifier, from each input's pooled [CLS]."""
-        if not self.backend.has_classifier:
-            raise MissingHead("this model has no classifier head, so /classify is unavailable")
         pooled = np.stack([e.pooled for e in outputs if e.pooled is not None])  # (B, H)
         return self.backend.classifier_logits(pooled)
 
     async def next_sentence(self, outputs: Sequence[SequenceOutput]) -> list[float]:
-        if not self.backend.has_nsp:
-            raise MissingHead("this model has no next-sentence head")
         pooled = np.stack([e.pooled for e in outputs if e.pooled is not None])  # (B, H)
         logits = await self.batcher.run_in_model_thread(self.backend.nsp_logits, pooled)  # (B, 2)
         return [float(p) for p in softmax(logits)[:, 0]]

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from .engine import Engine, InvalidInput, MissingHead, serialize_vector
+from .engine import Engine, InvalidInput, serialize_vector
 from .errors import NotReady, TooLarge
 from .pooling import softmax
 from .route_docs import ERRORS
@@ -210,8 +210,7 @@ async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Set
     candidates; with several masks, a list per mask; for a list of texts, a list of those."""
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
-    if not engine.backend.has_mlm:
-        raise MissingHead("this model has no MLM head, so /fill-mask is unavailable")
+    engine.require("mlm")
     if body.top_k > settings.max_top_k:
         raise InvalidInput(f"top_k {body.top_k} exceeds max_top_k {settings.max_top_k}")
     target_ids = None
@@ -261,8 +260,7 @@ async def next_sentence_payload(
     body: NextSentenceRequest, engine: Engine, settings: Settings
 ) -> NextSentenceResponse:
     check_inputs([t for pair in body.pairs for t in pair], settings, "pairs", len(body.pairs))
-    if not engine.backend.has_nsp:
-        raise MissingHead("this model has no next-sentence head")
+    engine.require("nsp")
     tokenized = engine.text.tokenize([(p[0], p[1]) for p in body.pairs], truncate=True)
     outputs = await engine.run(tokenized, "/next-sentence")
     probabilities = await engine.next_sentence(outputs)
@@ -281,8 +279,7 @@ async def classify_payload(
     pairs = [tuple(item) for item in inputs if not isinstance(item, str)]
     texts = [t for item in inputs for t in ([item] if isinstance(item, str) else item)]
     check_inputs(texts, settings, "inputs", len(inputs))
-    if not engine.backend.has_classifier:
-        raise MissingHead("this model has no classifier head, so /classify is unavailable")
+    engine.require("classifier")
     labels = engine.artifact.labels
     if body.top_k is not None and body.top_k > len(labels):
         raise InvalidInput(f"top_k {body.top_k} exceeds the model's {len(labels)} labels")

@@ -102,8 +102,8 @@ def fake_artifact(
 
 class FakeBackend:
     """The `Backend` contract with random fixed weights: hidden = tanh(token + position
-    embedding) on real tokens, zero on padding; the heads are small products. Counts encoder
-    calls, and can delay or fail them on request, for the batcher's and the edge's tests."""
+    embedding) on real tokens, zero on padding; the heads are small products. Wrap it in
+    CountingBackend to count, delay or fail its calls."""
 
     precision = "fp32"
     batch_invariant = True
@@ -122,19 +122,10 @@ class FakeBackend:
         self.nsp = rng.standard_normal((HIDDEN, 2)).astype(np.float32)  # (H, 2)
         classes = len(artifact.manifest.get("labels") or [0])
         self.classifier = rng.standard_normal((HIDDEN, classes)).astype(np.float32)  # (H, C)
-        self.calls = 0
-        self.fail_next = 0
-        self.delay_s = 0.0
 
     def hidden_states(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        self.calls += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("injected fault")
         length = input_ids.shape[1]
         hidden = np.tanh(self.tokens[input_ids] + self.positions[:length])  # (B, T, H)
         hidden *= attention_mask[..., None]
@@ -154,6 +145,49 @@ class FakeBackend:
 
     def classifier_logits(self, pooled: np.ndarray) -> np.ndarray:
         return (pooled @ self.classifier).astype(np.float32)  # (B, C)
+
+
+class CountingBackend:
+    """Any backend (the real ONNX one, or FakeBackend), counting encoder calls and delaying or
+    failing them on request, for the batcher's and the edge's tests."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.fail_next = 0
+        self.delay_s = 0.0
+        for name in (
+            "precision",
+            "batch_invariant",
+            "provider",
+            "has_pooler",
+            "has_mlm",
+            "has_nsp",
+            "has_classifier",
+        ):
+            setattr(self, name, getattr(inner, name))
+
+    def hidden_states(self, ids: Any, mask: Any, types: Any) -> Any:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("injected fault")
+        return self.inner.hidden_states(ids, mask, types)
+
+    def warm_up(self) -> int:
+        self.calls += 1
+        return self.inner.warm_up()
+
+    def mlm_logits(self, hidden: Any) -> Any:
+        return self.inner.mlm_logits(hidden)
+
+    def nsp_logits(self, pooled: Any) -> Any:
+        return self.inner.nsp_logits(pooled)
+
+    def classifier_logits(self, pooled: Any) -> Any:
+        return self.inner.classifier_logits(pooled)
 
 
 def serve_app(
@@ -178,7 +212,7 @@ def serve_app(
 
 def serve_fake(
     root: Path,
-    test: Callable[[httpx.AsyncClient, FakeBackend], Awaitable[None]],
+    test: Callable[[httpx.AsyncClient, CountingBackend], Awaitable[None]],
     *,
     mlm: bool = True,
     nsp: bool = True,
@@ -186,6 +220,6 @@ def serve_fake(
     labels: list[str] | None = None,
     **overrides: Any,
 ) -> None:
-    """`serve_app` over a fake artifact written under `root` and a FakeBackend."""
+    """`serve_app` over a fake artifact written under `root` and a counted FakeBackend."""
     artifact = fake_artifact(root, mlm=mlm, nsp=nsp, labels=labels)
-    serve_app(artifact, FakeBackend(artifact, pooler=pooler), test, **overrides)
+    serve_app(artifact, CountingBackend(FakeBackend(artifact, pooler=pooler)), test, **overrides)

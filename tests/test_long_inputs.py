@@ -13,7 +13,8 @@ from bertserve.service.artifact import load_artifact
 from bertserve.service.pooling import pool
 from bertserve.service.text import TextTokenizer
 from tests.conftest import DATA
-from tests.test_service import CountingBackend, serve
+from tests.fakes import CountingBackend
+from tests.test_service import serve
 
 
 def _long_text(path: str, tokenizer: TextTokenizer, tokens: int = 0, chars: int = 0) -> str:

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,49 +21,7 @@ from bertserve.service.backend import OnnxBackend
 from bertserve.service.batcher import Pending, RequestState, split_by_padding, take_batch
 from bertserve.service.pooling import pool, pool_one
 from tests.conftest import REPO, running_server, serve_command, sts_sentences
-from tests.fakes import serve_app
-
-
-class CountingBackend:
-    """The real ONNX backend, counting encoder calls and failing on request."""
-
-    def __init__(self, inner: OnnxBackend) -> None:
-        self.inner = inner
-        self.calls = 0
-        self.fail_next = 0
-        self.delay_s = 0.0
-        for name in (
-            "precision",
-            "batch_invariant",
-            "provider",
-            "has_pooler",
-            "has_mlm",
-            "has_nsp",
-            "has_classifier",
-        ):
-            setattr(self, name, getattr(inner, name))
-
-    def hidden_states(self, ids: Any, mask: Any, types: Any) -> Any:
-        self.calls += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("injected fault")
-        return self.inner.hidden_states(ids, mask, types)
-
-    def warm_up(self) -> int:
-        self.calls += 1
-        return self.inner.warm_up()
-
-    def mlm_logits(self, hidden: Any) -> Any:
-        return self.inner.mlm_logits(hidden)
-
-    def nsp_logits(self, pooled: Any) -> Any:
-        return self.inner.nsp_logits(pooled)
-
-    def classifier_logits(self, pooled: Any) -> Any:
-        return self.inner.classifier_logits(pooled)
+from tests.fakes import CountingBackend, serve_app
 
 
 def serve(

@@ -11,7 +11,7 @@ import httpx
 
 from bertserve.service.app import create_app
 from bertserve.service.settings import Settings
-from tests.fakes import FakeBackend, fake_artifact
+from tests.fakes import CountingBackend, FakeBackend, fake_artifact
 from tests.test_service import _sample
 
 
@@ -20,7 +20,7 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
     settings = Settings(
         model=tmp_path, threads=2, precision="fp32", max_batch_size=1, max_wait_ms=0
     )
-    backend = FakeBackend(artifact)
+    backend = CountingBackend(FakeBackend(artifact))
     app = create_app(settings, backend, artifact)
     body = json.dumps({"inputs": ["a", "b", "c", "d", "e"]}).encode()
 

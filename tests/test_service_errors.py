@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes import FakeBackend, serve_fake
+from tests.fakes import CountingBackend, serve_fake
 
 # ----------------------------------------------------------------------------------
 BAD: list[tuple[str, str, Any, int, str]] = [
@@ -102,7 +102,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
 
 
 def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tmp_path):
-    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         for name, path, body, status, words in BAD:
             if isinstance(body, bytes):
                 r = await client.post(
@@ -130,7 +130,7 @@ def test_bad_inputs_get_documented_4xx_and_the_server_keeps_serving(tmp_path):
 
 
 def test_pairs_count_as_one_input_each(tmp_path):
-    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         r = await client.post("/next-sentence", json={"pairs": [["a", "b"]] * 8})  # 16 texts
         assert r.status_code == 200 and len(r.json()["data"]) == 8
 
@@ -138,7 +138,7 @@ def test_pairs_count_as_one_input_each(tmp_path):
 
 
 def test_a_request_larger_than_the_queue_is_413_not_429(tmp_path):
-    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         r = await client.post("/embed", json={"inputs": ["word " * 100] * 2})  # 2 x 64 tokens
         assert r.status_code == 413, r.text
         assert "exceeds max_queued_tokens 64" in r.json()["error"]["message"]
@@ -149,7 +149,7 @@ def test_a_request_larger_than_the_queue_is_413_not_429(tmp_path):
 
 
 def test_api_key_is_required_when_set(tmp_path):
-    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         assert (await client.post("/embed", json={"inputs": "a"})).status_code == 401
         wrong = {"authorization": "Bearer nope"}
         r = await client.post("/embed", json={"inputs": "a"}, headers=wrong)
@@ -163,7 +163,7 @@ def test_api_key_is_required_when_set(tmp_path):
 
 
 def test_embedding_only_model_answers_424_for_heads(tmp_path):
-    async def check(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         for path, body in (
             ("/fill-mask", {"inputs": "the [MASK]"}),
             ("/next-sentence", {"pairs": [["the river", "the sea"]]}),
