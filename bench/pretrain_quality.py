@@ -45,7 +45,6 @@ BASE += ["--save-every", "0", "--log-every", "5", "--no-progress"]
 # at 1e-3 post-LN BERT stayed on the unigram plateau in some 10-minute runs
 OLD_DEFAULT = ["--nsp", "--schedule", "linear", "--bf16", "off", "--lr", "1e-3"]
 OLD_DEFAULT += ["--warmup-steps", "50"]
-ANCHOR_LR, ANCHOR_WARMUP = 5e-4, 100  # today's defaults: 1e-3 can stall this post-LN model
 RECIPES: dict[str, list[str]] = {
     "default": OLD_DEFAULT,
     "mask-30%": [*OLD_DEFAULT, "--masked-lm-prob", "0.3", "--max-predictions", "40"],
@@ -60,7 +59,7 @@ RECIPES: dict[str, list[str]] = {
     "best": [],
     "best-lr-1e-3": ["--lr", "1e-3", "--warmup-steps", "50"],
     "best-batch-16": ["--batch-size", "16"],
-    "best-batch-8": ["--batch-size", "8", "--lr", "5e-4", "--warmup-steps", "200"],
+    "best-batch-8": ["--batch-size", "8", "--warmup-steps", "200"],
     "best-batch-8-lr-1e-3": ["--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "200"],
     "best-dropout-0": ["--dropout", "0", "--attention-dropout", "0"],
     "best-dropout-0-batch-16": ["--dropout", "0", "--attention-dropout", "0", "--batch-size", "16"],
@@ -151,7 +150,7 @@ def train_anchor(
     from transformers import BertForPreTraining as HFModel
 
     from bertserve.training.batches import BatchSource
-    from bertserve.training.config import preset
+    from bertserve.training.config import TrainConfig, preset
     from bertserve.training.corpus import Corpus
     from bertserve.training.masking import Masker
     from bertserve.training.pairs import PairGenerator
@@ -173,10 +172,14 @@ def train_anchor(
     hf_config = HFConfig(**shape)
     torch.manual_seed(0)
     model = HFModel(hf_config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ANCHOR_LR, weight_decay=0.01, eps=1e-6)
+    # today's optimizer defaults (1e-3, the old rate, can stall this post-LN model)
+    peak, warmup = TrainConfig.lr, TrainConfig.warmup_steps
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=peak, weight_decay=TrainConfig.weight_decay, eps=TrainConfig.adam_eps
+    )
     started, steps, tokens = time.perf_counter(), 0, 0
     while (elapsed := time.perf_counter() - started) < budget_s:
-        lr = ANCHOR_LR * min((steps + 1) / ANCHOR_WARMUP, 1.0 - elapsed / budget_s)
+        lr = peak * min((steps + 1) / warmup, 1.0 - elapsed / budget_s)
         for group in optimizer.param_groups:
             group["lr"] = max(lr, 0.0)
         b = source.next_batch(32).to(torch.device(device))
