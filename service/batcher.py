@@ -6,12 +6,13 @@ The trip of a request:
   413), one `Pending` per sequence, each with a future -> the forming loop (`_run`) waits at
   most `max_wait_ms` for company, and `take_batch` (a pure function) picks sequences under the
   padded-token budget and size cap, oldest first and then those closest in length -> the model
-  call is handed to the model thread through a hand-off of one -> the model thread runs it and
-  posts the outputs back to the event loop, where each sequence's slice resolves its future.
-Two loops joined by a hand-off of one (TEI's "prefetch one batch"): the next call is formed as
-soon as the model thread has taken the current one, not earlier (sequences can still join a
-better batch) and not later (the model never waits for the event loop: with one call in flight
-2 cores were ~13% idle under 32 single-sentence clients).
+  call is handed to the model threads (`workers`) through a hand-off of one -> a
+  model thread runs it and posts the outputs back to the event loop, where each sequence's
+  slice resolves its future.
+The forming loop and the model threads are joined by a hand-off of one (TEI's "prefetch one
+batch"): the next call is formed as soon as a model thread has taken the current one, not
+earlier (sequences can still join a better batch) and not later (the model never waits for the
+event loop: with one call in flight 2 cores were ~13% idle under 32 single-sentence clients).
 One liveness rule (`Pending.live`): a sequence whose request went away or whose deadline
 passed is dropped before compute, when batches are formed and again when the model thread
 takes its call; one drop path (`_drop`). A backend error fails that call's futures only.
@@ -177,8 +178,11 @@ class Batcher:
         max_queued_tokens: int,
         request_timeout_s: float,
         max_padding_ratio: float = 1.0,
+        workers: int = 1,
     ) -> None:
+        """`workers`: model threads, each running one call at a time (the backend's)."""
         self.backend = backend
+        self.workers = workers
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
         self.pad_id = pad_id
@@ -193,9 +197,11 @@ class Batcher:
         self.queued_tokens = 0
         self.batches_run = 0
         self._wakeup = asyncio.Event()
-        # the model thread: model calls and heads, one at a time, in order
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertserve-model")
-        self._handoff_free = asyncio.Event()  # set: the model thread took the last call handed off
+        # the model threads: model calls and heads, `workers` at a time
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="bertserve-model"
+        )
+        self._handoff_free = asyncio.Event()  # set: a model thread took the last call handed off
         self._handoff_free.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -221,15 +227,14 @@ class Batcher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        # the model thread runs in order: once this no-op has run, every call handed off has
-        # run, and its outputs were posted back to the loop before the no-op's own result
-        await self.run_in_model_thread(lambda: None)
+        # once the model threads have stopped, every call handed off has run and posted its
+        # outputs back to the loop, ahead of this wait's own result
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._drop(self.queue, ShuttingDown("server is shutting down"))
         self.queue.clear()
-        self._executor.shutdown(wait=True)
 
     async def run_in_model_thread(self, fn: Callable[..., T], *args: object) -> T:
-        """Runs a head on the model thread, so ONNX Runtime is only ever called from one."""
+        """Runs a head on a model thread, so ONNX Runtime is only called from those."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- the request side --------------------------------------------------------------------
@@ -284,10 +289,11 @@ class Batcher:
             )
 
     def _measured(self, tokens: int, seconds: float) -> None:
-        """Folds one batch's speed into the estimate admission uses (moving average)."""
+        """Folds one call's speed into the estimate admission uses (moving average); under
+        load every model thread runs a call, so the queue drains `workers` times as fast."""
         if seconds <= 0:
             return
-        speed = tokens / seconds
+        speed = self.workers * tokens / seconds
         self.tokens_per_s = speed if self.tokens_per_s is None else (
             0.8 * self.tokens_per_s + 0.2 * speed
         )  # fmt: skip

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"bert-serve: {artifact.name}: {backend.precision} on {backend.provider}, "
-        f"{settings.threads or 'all'} threads, http://{settings.host}:{settings.port}",
+        f"{backend.workers} model thread(s) x {backend.threads_per_call} ONNX Runtime "
+        f"thread(s), http://{settings.host}:{settings.port}",
         file=sys.stderr,
         flush=True,
     )

@@ -22,7 +22,13 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "int8", "fp16"] | None = Field(
         None, description="variant to serve (default: fp16 on CUDA, int8 on CPU, else fp32)"
     )
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime threads in all (0: all cores)")
+    model_workers: int = Field(
+        0,
+        ge=0,
+        description="model calls run at once, each on threads/model_workers ONNX Runtime "
+        "threads (0: one per core on the CPU, 1 on CUDA)",
+    )
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens per model call (batch size x longest sequence)"
     )

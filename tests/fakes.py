@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -108,6 +109,7 @@ class FakeBackend:
     precision = "fp32"
     batch_invariant = True
     provider = "CPUExecutionProvider"
+    workers = 1
 
     def __init__(self, artifact: Artifact, pooler: bool = True, seed: int = 0) -> None:
         variant = artifact.variants["fp32"]
@@ -153,6 +155,7 @@ class CountingBackend:
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
+        self._lock = threading.Lock()
         self.calls = 0
         self.fail_next = 0
         self.delay_s = 0.0
@@ -164,11 +167,13 @@ class CountingBackend:
             "has_mlm",
             "has_nsp",
             "has_classifier",
+            "workers",
         ):
             setattr(self, name, getattr(inner, name))
 
     def hidden_states(self, ids: Any, mask: Any, types: Any) -> Any:
-        self.calls += 1
+        with self._lock:  # model threads may call at once
+            self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail_next:

@@ -1,5 +1,5 @@
-"""The batcher on its own, with stand-in models: admission, the hand-off of one between its two
-loops, and the drain at stop."""
+"""The batcher on its own, with stand-in models: admission, the hand-off of one between the
+forming loop and the model threads, and the drain at stop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bertserve.service.metrics import Metrics
 
 def make_batcher(model: object, **limits: float) -> Batcher:
     settings: dict[str, float] = {
+        "workers": 1,
         "max_batch_tokens": 1024,
         "max_batch_size": 32,
         "max_wait_ms": 1,
@@ -30,8 +31,10 @@ class SlowModel:
     """Returns zeros after `seconds`; records, as each call ends, how many calls were handed
     off and not yet started."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, workers: int = 1) -> None:
         self.seconds = seconds
+        self.workers = workers  # calls allowed at once
+        self.most_running = 0
         self.handed_off = 0
         self.started = 0
         self.waiting_seen: list[int] = []
@@ -44,7 +47,8 @@ class SlowModel:
     ) -> tuple[np.ndarray, None]:
         with self.lock:
             self.running += 1
-            assert self.running == 1, "two model calls at once"
+            assert self.running <= self.workers, "more model calls at once than workers"
+            self.most_running = max(self.most_running, self.running)
         time.sleep(self.seconds)
         # at the end of a call: the loop had the whole call to hand the next one off
         self.waiting_seen.append(self.handed_off - self.started)
@@ -54,11 +58,17 @@ class SlowModel:
         return np.zeros((*ids.shape, 4), np.float32), None
 
 
-def test_one_call_waits_behind_the_running_one_and_stop_drains_every_sequence():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_call_waits_behind_the_running_ones_and_stop_drains_every_sequence(workers: int):
     async def main() -> None:
-        model = SlowModel(0.02)
+        model = SlowModel(0.02, workers)
         batcher = make_batcher(
-            model, max_batch_tokens=64, max_batch_size=2, max_wait_ms=0, max_padding_ratio=0.1
+            model,
+            max_batch_tokens=64,
+            max_batch_size=2,
+            max_wait_ms=0,
+            max_padding_ratio=0.1,
+            workers=workers,
         )
         # count calls handed to the model thread and calls it started
         hand_off, model_call = batcher._hand_off, batcher._model_call
@@ -86,8 +96,9 @@ def test_one_call_waits_behind_the_running_one_and_stop_drains_every_sequence():
         assert all(f.done() and f.exception() is None for f in futures)
         assert [len(f.result()[0]) for f in futures] == expected  # each its own slice
         assert model.calls >= len(futures) / 2  # at most 2 sequences per call
-        # the next call is formed while the current one runs, never more than one ahead
+        # the next call is formed while the current ones run, never more than one ahead
         assert max(model.waiting_seen) <= 1 and 1 in model.waiting_seen
+        assert model.most_running == workers  # every model thread was kept busy
 
     asyncio.run(main())
 

@@ -32,7 +32,10 @@ def serve(
     """Runs `test` against the app over the real ONNX backend of `artifact_dir` (fp32 unless
     `precision` is given)."""
     artifact = load_artifact(artifact_dir)
-    backend = CountingBackend(OnnxBackend(artifact, "cpu", overrides.get("precision", "fp32"), 2))
+    precision = overrides.get("precision", "fp32")
+    # one model thread unless asked: some tests count on calls running in order
+    workers = overrides.setdefault("model_workers", 1)
+    backend = CountingBackend(OnnxBackend(artifact, "cpu", precision, 2, workers=workers))
     serve_app(artifact, backend, test, **overrides)
 
 
@@ -92,8 +95,8 @@ def test_split_by_padding_bounds_padding_and_keeps_every_sequence():
 
 
 # -- batching invariants ------------------------------------------------------------------------
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_batched_embeddings_equal_single_ones(tiny_artifact, precision):
+@pytest.mark.parametrize(("precision", "workers"), [("fp32", 1), ("int8", 1), ("int8", 2)])
+def test_batched_embeddings_equal_single_ones(tiny_artifact, precision, workers):
     sentences = sts_sentences(50)
 
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
@@ -114,7 +117,7 @@ def test_batched_embeddings_equal_single_ones(tiny_artifact, precision):
             assert np.abs(got - alone).max() <= 1e-5
 
     assert load_artifact(tiny_artifact).variants[precision].batch_invariant
-    serve(tiny_artifact, check, max_wait_ms=20, precision=precision)
+    serve(tiny_artifact, check, max_wait_ms=20, precision=precision, model_workers=workers)
 
 
 def app_text(artifact_dir: Path) -> Any:
