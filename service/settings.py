@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="run one batch through the model before /ready")
     log_level: str = Field("info", description="uvicorn log level")
+    access_log: bool = Field(
+        False, description="log a line per request (off: it costs the event loop per request)"
+    )
 
     @field_validator("api_key")
     @classmethod

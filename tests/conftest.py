@@ -146,17 +146,21 @@ def serve_command(artifact: Path, *flags: str) -> list[str]:
 
 @contextlib.contextmanager
 def running_server(
-    command: list[str], env: dict[str, str] | None = None, cwd: Path = REPO
+    command: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    capture_stdout: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Starts bert-serve (`command` without --port; the port goes in BERTSERVE_PORT), waits for
-    /ready, yields (url, process), and stops it with SIGTERM."""
+    /ready, yields (url, process), and stops it with SIGTERM. stdout (uvicorn's access log) is
+    piped only when asked: an unread pipe would block a chatty server."""
     import httpx
 
     port = free_port()
     proc = subprocess.Popen(
         command,
         cwd=cwd,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {}), "BERTSERVE_PORT": str(port)},
     )

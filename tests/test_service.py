@@ -368,9 +368,12 @@ def test_bert_serve_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
-    command = serve_command(tiny_artifact)
-    with running_server(command, env={"BERTSERVE_MAX_INPUTS": "3"}) as (url, proc):
+@pytest.mark.parametrize("access_log", [False, True])
+def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact, access_log):
+    flags = ["--log-level", "info", *(["--access-log"] if access_log else [])]
+    command = serve_command(tiny_artifact, *flags)
+    env = {"BERTSERVE_MAX_INPUTS": "3"}
+    with running_server(command, env=env, capture_stdout=True) as (url, proc):
         r = httpx.post(f"{url}/embed", json={"inputs": "over real http"})
         assert r.status_code == 200
         r = httpx.post(f"{url}/embed", json={"inputs": ["a", "b", "c", "d"]})
@@ -382,6 +385,9 @@ def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact):
         assert b"Traceback" not in log
         # start-up says what it chose
         assert b"fp32 on CPUExecutionProvider" in log or b"int8 on CPUExecutionProvider" in log
+        assert b"model thread(s) x" in log
+        # a line per request only when asked: at info level it cost the event loop per request
+        assert (b'"POST /embed HTTP/1.1" 200' in proc.stdout.read()) == access_log
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
