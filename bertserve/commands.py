@@ -4,6 +4,7 @@ ModuleNotFoundError traceback), and one-line error messages."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -81,3 +82,28 @@ def run_command(
         print(f"{command}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     return 0
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help only where it tells something: not for on/off
+    flags ("default: False"), unset values ("default: None") or help that names its default."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and self._tells(action):  # argparse would print no line at all
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
+
+    @staticmethod
+    def _tells(action: argparse.Action) -> bool:
+        default = action.default
+        return (
+            default is not None
+            and default is not argparse.SUPPRESS
+            and not isinstance(default, bool)
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not self._tells(action) or "default" in text:
+            return text
+        return super()._get_help_string(action)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bertserve.commands import refuse_missing_extra, run_command
+from bertserve.commands import DefaultsHelpFormatter, refuse_missing_extra, run_command
 
 # export.variants.QUANT_CHOICES, spelled out so that --help works before the heavy imports
 # (a test keeps the two equal)
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bert-export",
         description="Export a BERT checkpoint (bertserve, Hugging Face or sentence-transformers "
         "folder, or a Hugging Face model id) to ONNX variants checked against PyTorch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint folder or Hugging Face model id (org/name)")
     p.add_argument(

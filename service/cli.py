@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = field.default
-        help_text = f"{field.description} (default: {default})"
+        help_text = field.description or ""
+        if default is not None and "default" not in help_text:  # else the text says it
+            help_text += f" (default: {default})"
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
             continue

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -141,3 +142,32 @@ def test_the_gpu_install_pulls_one_onnxruntime():
     assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
     readme = (REPO / "README.md").read_text()
     assert "'.[train,export-core,gpu]'" in readme
+
+
+@pytest.mark.parametrize(
+    "module", ["bertserve.training.cli", "bertserve.training.finetune_cli", "bertserve.export.cli"]
+)
+def test_command_help_shows_each_real_default_once(module):
+    """Every option with a value default says it (argparse prints nothing for an option without
+    help text), and none says "(default: None)", "(default: False)" or its default twice."""
+    import importlib
+    import re
+
+    from bertserve.service.cli import build_parser as serve_parser
+
+    parser = importlib.import_module(module).build_parser()
+    text = " ".join(parser.format_help().split())  # wrapped lines joined
+    assert not re.search(r"\(default: (None|True|False)\)", text)
+    assert "default: None" not in " ".join(serve_parser().format_help().split())
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        block = " ".join(parser._get_formatter()._format_action(action).split())
+        assert block.count("(default:") <= 1, block
+        default = action.default
+        if (
+            default is not None
+            and default is not argparse.SUPPRESS
+            and not isinstance(default, bool)
+        ):
+            assert "default" in block, f"{action.option_strings[0]} hides its default: {block}"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bertserve.commands import refuse_missing_extra, run_command
+from bertserve.commands import DefaultsHelpFormatter, refuse_missing_extra, run_command
 
 from .config import PRESETS, TrainConfig, parse_duration
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bert-pretrain",
         description="Pretrain a BERT encoder with masked-LM + next-sentence prediction.",
         argument_default=argparse.SUPPRESS,  # only flags given on the command line are set
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument(

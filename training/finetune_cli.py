@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bertserve.commands import refuse_missing_extra, run_command
+from bertserve.commands import DefaultsHelpFormatter, refuse_missing_extra, run_command
 
 from .config import parse_duration
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Fine-tune a BERT (a bert-pretrain run, or any Hugging Face or sentence-transformers "
             "BERT folder) for a sentence or sentence-pair task."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--from", dest="model", help="BERT folder to start from")
     p.add_argument("--train", help="training rows: .csv, .tsv or .jsonl")
