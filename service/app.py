@@ -20,10 +20,10 @@ from .batcher import Batcher
 from .edge import EdgeMiddleware
 from .engine import Engine
 from .errors import STATUS, known_error, validation_error
+from .get_routes import api, open_routes
 from .hot_path import HotPathMiddleware
 from .metrics import Metrics
 from .route_docs import documented
-from .routes import api, open_routes
 from .settings import Settings
 
 log = logging.getLogger("bertserve")

@@ -4,23 +4,20 @@ lives here.
 Every POST route is answered by service.hot_path, which reads and validates the body and calls
 the route's payload function (`POST_ROUTES`). route_docs.py declares the same routes for /docs
 only (request and response schemas, the error table): that router is never mounted, so there is
-one path per route. GET routes (/health, /ready, /metrics, /info) are plain FastAPI routes."""
+one path per route. The GET routes (/health, /ready, /metrics, /info) are in get_routes.py."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .engine import Engine, InvalidInput, serialize_vector
 from .errors import NotReady, TooLarge
 from .pooling import softmax
-from .route_docs import ERRORS
 from .schemas import (
     ClassifyRequest,
     EmbedRequest,
@@ -45,19 +42,6 @@ def ready_engine(state: Any) -> Engine:
     return engine
 
 
-async def get_engine(request: Request) -> Engine:
-    return ready_engine(request.app.state)
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
 def check_inputs(
     texts: list[str], settings: Settings, what: str = "inputs", count: int | None = None
 ) -> None:
@@ -73,10 +57,6 @@ def check_inputs(
                 f"{flat}[{index}] has {len(text)} characters, over max_input_chars "
                 f"{settings.max_input_chars}"
             )
-
-
-# what /docs shows for errors: our {"error": {...}} body, not FastAPI's {"detail": ...}
-api = APIRouter(responses=ERRORS)  # mounted: GET /info
 
 
 def _model_dict(value: Any) -> Any:
@@ -378,80 +358,3 @@ POST_ROUTES: dict[str, tuple[type[BaseModel], PayloadFn]] = {
     "/next-sentence": (NextSentenceRequest, next_sentence_payload),
     "/tokenize": (TokenizeRequest, tokenize_payload),
 }
-
-
-open_routes = APIRouter()
-
-
-def _probe(payload: dict[str, Any], ok: bool) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=200 if ok else 503, media_type="application/json"
-    )
-
-
-@open_routes.get("/health")
-async def health(request: Request) -> Response:
-    batcher = getattr(request.app.state, "batcher", None)
-    alive = batcher is not None and batcher.alive
-    return _probe({"status": "ok" if alive else "down"}, alive)
-
-
-@open_routes.get("/ready")
-async def ready(request: Request) -> Response:
-    ok = bool(request.app.state.ready)
-    return _probe({"ready": ok}, ok)
-
-
-@open_routes.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
-
-
-@api.get("/info")
-async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("bertserve")
-    except PackageNotFoundError:
-        ours = "dev"
-    return {
-        "model": engine.model_name,
-        "precision": engine.backend.precision,
-        "provider": engine.backend.provider,
-        "hidden_size": engine.artifact.hidden_size,
-        "max_seq_len": engine.artifact.max_seq_len,
-        "pooling": engine.artifact.pooling,
-        "normalize": engine.artifact.normalize,
-        "capabilities": {
-            "embed": True,
-            "pooler": engine.backend.has_pooler,
-            "fill_mask": engine.backend.has_mlm,
-            "next_sentence": engine.backend.has_nsp,
-            "classify": engine.backend.has_classifier,
-        },
-        "labels": engine.artifact.labels or None,
-        "problem_type": engine.artifact.manifest.get("problem_type"),
-        "batch_invariant": engine.backend.batch_invariant,
-        "variants": {
-            name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}
-            for name, v in engine.artifact.variants.items()
-        },
-        "limits": {
-            name: getattr(settings, name)
-            for name in (
-                "max_inputs",
-                "max_input_chars",
-                "max_body_bytes",
-                "max_top_k",
-                "max_batch_tokens",
-                "max_batch_size",
-                "max_wait_ms",
-                "max_queued_tokens",
-                "request_timeout_s",
-            )
-        },
-        "version": ours,
-    }

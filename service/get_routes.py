@@ -1,0 +1,109 @@
+"""The GET routes, plain FastAPI routes: the probes (/health, /ready, /metrics: no API key) and
+/info. The POST routes are in routes.py."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .engine import Engine
+from .route_docs import ERRORS
+from .routes import ready_engine
+from .settings import Settings
+
+
+async def get_engine(request: Request) -> Engine:
+    return ready_engine(request.app.state)
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+# what /docs shows for errors: our {"error": {...}} body, not FastAPI's {"detail": ...}
+api = APIRouter(responses=ERRORS)  # mounted: GET /info
+
+
+open_routes = APIRouter()
+
+
+def _probe(payload: dict[str, Any], ok: bool) -> Response:
+    return Response(
+        orjson.dumps(payload), status_code=200 if ok else 503, media_type="application/json"
+    )
+
+
+@open_routes.get("/health")
+async def health(request: Request) -> Response:
+    batcher = getattr(request.app.state, "batcher", None)
+    alive = batcher is not None and batcher.alive
+    return _probe({"status": "ok" if alive else "down"}, alive)
+
+
+@open_routes.get("/ready")
+async def ready(request: Request) -> Response:
+    ok = bool(request.app.state.ready)
+    return _probe({"ready": ok}, ok)
+
+
+@open_routes.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+@api.get("/info")
+async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("bertserve")
+    except PackageNotFoundError:
+        ours = "dev"
+    return {
+        "model": engine.model_name,
+        "precision": engine.backend.precision,
+        "provider": engine.backend.provider,
+        "hidden_size": engine.artifact.hidden_size,
+        "max_seq_len": engine.artifact.max_seq_len,
+        "pooling": engine.artifact.pooling,
+        "normalize": engine.artifact.normalize,
+        "capabilities": {
+            "embed": True,
+            "pooler": engine.backend.has_pooler,
+            "fill_mask": engine.backend.has_mlm,
+            "next_sentence": engine.backend.has_nsp,
+            "classify": engine.backend.has_classifier,
+        },
+        "labels": engine.artifact.labels or None,
+        "problem_type": engine.artifact.manifest.get("problem_type"),
+        "batch_invariant": engine.backend.batch_invariant,
+        "variants": {
+            name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}
+            for name, v in engine.artifact.variants.items()
+        },
+        "limits": {
+            name: getattr(settings, name)
+            for name in (
+                "max_inputs",
+                "max_input_chars",
+                "max_body_bytes",
+                "max_top_k",
+                "max_batch_tokens",
+                "max_batch_size",
+                "max_wait_ms",
+                "max_queued_tokens",
+                "request_timeout_s",
+            )
+        },
+        "version": ours,
+    }
