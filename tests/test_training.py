@@ -342,7 +342,7 @@ def test_whole_word_no_nsp_and_static_options_train(tmp_path):
 
 def test_schedules_warm_up_then_decay_to_zero():
     from bertserve.training.config import TrainConfig
-    from bertserve.training.trainer import lr_factor
+    from bertserve.training.schedule import lr_factor
 
     linear = TrainConfig(max_steps=100, warmup_steps=10, schedule="linear")
     wsd = TrainConfig(max_steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
@@ -357,7 +357,7 @@ def test_schedules_warm_up_then_decay_to_zero():
 
 def test_the_long_phase_is_the_last_fraction_of_the_run():
     from bertserve.training.config import TrainConfig
-    from bertserve.training.trainer import in_long_phase
+    from bertserve.training.schedule import in_long_phase
 
     by_steps = TrainConfig(max_steps=100, long_seq_len=512, long_fraction=0.1)
     assert not in_long_phase(by_steps, 89, 0) and in_long_phase(by_steps, 90, 0)
