@@ -53,8 +53,8 @@ def on_for(setting: str | bool, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
-    return adamw(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps, fused)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return adamw(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def train(
     state = ckpt.load_training_state(resume / ckpt.STATE_FILE) if resume is not None else None
     run = prepare(cfg, model_overrides or {}, resume, overwrite)
     model, device, rank = run.model, run.device, run.rank
-    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg)
     if resume is not None and state is not None:
         restore(run, optimizer, resume, state)
         if rank.main:
