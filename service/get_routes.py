@@ -87,6 +87,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
         "labels": engine.artifact.labels or None,
         "problem_type": engine.artifact.manifest.get("problem_type"),
         "batch_invariant": engine.backend.batch_invariant,
+        "model_workers": engine.backend.workers,  # model calls that run at once
         "variants": {
             name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}
             for name, v in engine.artifact.variants.items()

@@ -214,6 +214,7 @@ def test_every_route_happy_path(tiny_artifact):
         }
         assert info["limits"]["max_inputs"] == 256 and info["precision"] == "fp32"
         assert info["batch_invariant"] is True
+        assert info["model_workers"] == backend.workers == 1  # serve()'s default here
         assert info["variants"]["int8"] == {"rejected": False, "batch_invariant": True}
         assert (await client.get("/docs")).status_code == 200
 
