@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -27,36 +25,12 @@ from bench.serve_throughput import RawOrt  # noqa: E402
 
 
 def raw_rate(artifact: Path, precision: str, sentences: list[str], threads: int) -> float:
-    """Best sentences/s of encoder + classifier head over 3 passes, batches of 32 sorted by
-    length (serve_throughput's RawOrt batches, plus the head), the faster of two ways: one
-    session on all threads, and one-thread sessions side by side, each on its share of the
-    batches (how bert-serve runs on the CPU)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from bertserve.export.parity import session
+    """Best sentences/s of encoder + classifier head, serve_throughput's RawOrt batches, the
+    faster of one session on all threads and one-thread sessions side by side."""
     from bertserve.service.artifact import load_artifact
 
-    raw = RawOrt(artifact, precision, sentences, threads)
-    head_path = load_artifact(artifact).variants[precision].classifier_head
-
-    def run(encoder: Any, head: Any, feeds: list[dict[str, Any]]) -> None:
-        for feed in feeds:
-            pooled = encoder.run(["pooler_output"], feed)[0]
-            head.run(None, {"pooled": pooled})
-
-    one_head = session(head_path, threads)
-    shares = [raw.feeds[k::threads] for k in range(threads)]
-    heads = [session(head_path, 1) for _ in range(threads)]
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(3):
-            start_s = time.perf_counter()
-            run(raw.session, one_head, raw.feeds)
-            best = max(best, raw.sentences / (time.perf_counter() - start_s))
-            start_s = time.perf_counter()
-            list(pool.map(run, raw.single_thread_sessions, heads, shares))
-            best = max(best, raw.sentences / (time.perf_counter() - start_s))
-    return best
+    head = load_artifact(artifact).variants[precision].classifier_head
+    return RawOrt(artifact, precision, sentences, threads, head=head).ceiling()
 
 
 def main() -> None:

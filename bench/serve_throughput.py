@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,12 +77,20 @@ def padding_ratio(url: str) -> float:
 
 
 class RawOrt:
-    """The ceiling: the artifact's encoder on batches of 32 sentences sorted by length, in this
-    process. Measured again before every served run, so each ratio compares neighbours in time
-    (this VM's speed drifts by 10-25% over minutes)."""
+    """The ceiling: the artifact's encoder (and, given `head`, a head on its pooled output) on
+    batches of 32 sentences sorted by length, in this process, two ways on the CPU: one session
+    on all `threads`, and `threads` one-thread sessions side by side. Measured again before
+    every served run, so each ratio compares neighbours in time (this VM's speed drifts by
+    10-25% over minutes)."""
 
     def __init__(
-        self, artifact: Path, precision: str, sentences: list[str], threads: int, gpu: bool = False
+        self,
+        artifact: Path,
+        precision: str,
+        sentences: list[str],
+        threads: int,
+        gpu: bool = False,
+        head: Path | None = None,
     ):
         from bertserve.export.parity import session
         from bertserve.service.artifact import load_artifact
@@ -89,11 +98,15 @@ class RawOrt:
 
         art = load_artifact(artifact)
         text = TextTokenizer(art.tokenizer_json, art.max_seq_len)
-        self.session = session(art.variants[precision].encoder, threads, gpu)
-        self.threads = threads
-        # the side-by-side ceiling: one-thread sessions, one per thread (CPU only)
         encoder = art.variants[precision].encoder
-        self.single_thread_sessions = [] if gpu else [session(encoder, 1) for _ in range(threads)]
+        self.threads = threads
+        # (encoder, head or None) sessions: one pair on all threads, then one-thread pairs, one
+        # per thread, for the side-by-side way (CPU only)
+        self.session = session(encoder, threads, gpu)
+        self.head = session(head, threads, gpu) if head else None
+        self.single_thread = [] if gpu else [
+            (session(encoder, 1), session(head, 1) if head else None) for _ in range(threads)
+        ]  # fmt: skip
         self.provider = self.session.get_providers()[0]
         ordered = sorted(sentences, key=len)
         self.sentences = len(ordered)
@@ -109,37 +122,46 @@ class RawOrt:
             self.feeds.append(
                 {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             )
-        self.session.run(["last_hidden_state"], self.feeds[0])
+        self._run(self.session, self.head, self.feeds[:1])
+
+    @staticmethod
+    def _run(encoder: Any, head: Any, feeds: list[dict[str, np.ndarray]]) -> None:
+        for feed in feeds:
+            if head is None:
+                encoder.run(["last_hidden_state"], feed)
+            else:
+                head.run(None, {"pooled": encoder.run(["pooler_output"], feed)[0]})
 
     def measure(self, passes: int = 3) -> tuple[float, float]:
-        """(best sentences/s, CPU ms per sentence over all passes)."""
+        """One session on all threads: (best sentences/s, CPU ms per sentence over all passes)."""
         best, cpu_start = 0.0, time.process_time()
         for _ in range(passes):
             start = time.perf_counter()
-            for feed in self.feeds:
-                self.session.run(["last_hidden_state"], feed)
+            self._run(self.session, self.head, self.feeds)
             best = max(best, self.sentences / (time.perf_counter() - start))
         cpu_ms = (time.process_time() - cpu_start) * 1000 / (passes * self.sentences)
         return best, cpu_ms
 
     def measure_side_by_side(self, passes: int = 3) -> float:
-        """Best sentences/s of `threads` one-thread sessions, each running its share of the
-        batches at the same time (how bert-serve's model workers run on the CPU)."""
+        """Best sentences/s of the one-thread sessions, each running its share of the batches
+        at the same time (how bert-serve's model workers run on the CPU); 0 on a GPU."""
         from concurrent.futures import ThreadPoolExecutor
 
+        if not self.single_thread:
+            return 0.0
         shares = [self.feeds[k :: self.threads] for k in range(self.threads)]
-
-        def run(session: object, feeds: list[dict[str, np.ndarray]]) -> None:
-            for feed in feeds:
-                session.run(["last_hidden_state"], feed)  # type: ignore[attr-defined]
-
         best = 0.0
         with ThreadPoolExecutor(self.threads) as pool:
             for _ in range(passes):
                 start = time.perf_counter()
-                list(pool.map(run, self.single_thread_sessions, shares))
+                encoders, heads = zip(*self.single_thread, strict=True)
+                list(pool.map(self._run, encoders, heads, shares))
                 best = max(best, self.sentences / (time.perf_counter() - start))
         return best
+
+    def ceiling(self) -> float:
+        """The faster of the two ways, sentences/s."""
+        return max(self.measure()[0], self.measure_side_by_side())
 
 
 def run_infinity(
@@ -171,9 +193,7 @@ def run_infinity(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, "/health")
-        raw_rate, _ = raw.measure()
-        if raw.single_thread_sessions:
-            raw_rate = max(raw_rate, raw.measure_side_by_side())
+        raw_rate = raw.ceiling()
         extra = ', "model": "."'
         result = run_wrk(url, sentences_file, args.clients, 1, args.seconds, "/embeddings",
                          "input", extra)  # fmt: skip
@@ -267,15 +287,13 @@ def main() -> None:
             wait_ready(url, proc)
             for _ in range(args.rounds):  # raw, then served, alternately
                 raw_rate, raw_cpu = raw.measure()
-                side_rate = raw.measure_side_by_side() if raw.single_thread_sessions else 0.0
+                side_rate = raw.measure_side_by_side()
                 side_by_side.append(side_rate)
                 one_session.append(raw_rate)
                 single = served(url, proc.pid, sentences_file, args.clients, 1, args.seconds)
                 # the ceiling: the faster way of running raw ORT on these cores
                 rounds.append((max(raw_rate, side_rate), raw_cpu, single))
-            raw_rate, raw_cpu = raw.measure()
-            if raw.single_thread_sessions:
-                raw_rate = max(raw_rate, raw.measure_side_by_side())
+            raw_rate = raw.ceiling()
             batched = served(url, proc.pid, sentences_file, 4, 32, args.seconds)
             padding = padding_ratio(url)
         finally:
@@ -302,7 +320,7 @@ def main() -> None:
             f"{args.clients} clients x 1 sentence:"
         )
         for i, (rate, _, one) in enumerate(rounds):
-            if side_by_side:
+            if side_by_side[i]:  # 0 on a GPU: not measured
                 print(
                     f"  round {i + 1}: raw ORT batch-32: one session on {args.threads} threads "
                     f"{one_session[i]:.0f}/s, {args.threads} one-thread sessions side by side "

@@ -58,7 +58,6 @@ def create_app(
             max_queued_tokens=settings.max_queued_tokens,
             request_timeout_s=settings.request_timeout_s,
             max_padding_ratio=settings.max_padding_ratio,
-            workers=model.workers,
         )
         batcher.start()
         app.state.batcher = batcher

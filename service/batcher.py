@@ -6,7 +6,7 @@ The trip of a request:
   413), one `Pending` per sequence, each with a future -> the forming loop (`_run`) waits at
   most `max_wait_ms` for company, and `take_batch` (a pure function) picks sequences under the
   padded-token budget and size cap, oldest first and then those closest in length -> the model
-  call is handed to the model threads (`workers`) through a hand-off of one -> a
+  call is handed to the model threads (the backend's `workers`) through a hand-off of one -> a
   model thread runs it and posts the outputs back to the event loop, where each sequence's
   slice resolves its future.
 The forming loop and the model threads are joined by a hand-off of one (TEI's "prefetch one
@@ -178,11 +178,9 @@ class Batcher:
         max_queued_tokens: int,
         request_timeout_s: float,
         max_padding_ratio: float = 1.0,
-        workers: int = 1,
     ) -> None:
-        """`workers`: model threads, each running one call at a time (the backend's)."""
         self.backend = backend
-        self.workers = workers
+        self.workers = backend.workers  # model threads, each running one call at a time
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
         self.pad_id = pad_id
@@ -199,7 +197,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         # the model threads: model calls and heads, `workers` at a time
         self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="bertserve-model"
+            max_workers=self.workers, thread_name_prefix="bertserve-model"
         )
         self._handoff_free = asyncio.Event()  # set: a model thread took the last call handed off
         self._handoff_free.set()

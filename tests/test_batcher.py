@@ -16,7 +16,6 @@ from bertserve.service.metrics import Metrics
 
 def make_batcher(model: object, **limits: float) -> Batcher:
     settings: dict[str, float] = {
-        "workers": 1,
         "max_batch_tokens": 1024,
         "max_batch_size": 32,
         "max_wait_ms": 1,
@@ -33,7 +32,7 @@ class SlowModel:
 
     def __init__(self, seconds: float, workers: int = 1) -> None:
         self.seconds = seconds
-        self.workers = workers  # calls allowed at once
+        self.workers = workers  # the batcher's model threads, and the calls allowed at once
         self.most_running = 0
         self.handed_off = 0
         self.started = 0
@@ -68,7 +67,6 @@ def test_one_call_waits_behind_the_running_ones_and_stop_drains_every_sequence(w
             max_batch_size=2,
             max_wait_ms=0,
             max_padding_ratio=0.1,
-            workers=workers,
         )
         # count calls handed to the model thread and calls it started
         hand_off, model_call = batcher._hand_off, batcher._model_call
@@ -105,7 +103,7 @@ def test_one_call_waits_behind_the_running_ones_and_stop_drains_every_sequence(w
 
 def test_admission_refuses_by_estimated_wait_with_that_wait_as_retry_after():
     async def main() -> None:
-        batcher = make_batcher(None, request_timeout_s=2.0)
+        batcher = make_batcher(SlowModel(0.0), request_timeout_s=2.0)  # never called
         batcher._admit(500)  # no speed measured yet: only the token cap applies
         batcher._measured(1000, 10.0)  # 100 tokens/s
         batcher._admit(500)  # an empty queue admits even a request that may run long
