@@ -45,6 +45,9 @@ BASE += ["--save-every", "0", "--log-every", "5", "--no-progress"]
 # at 1e-3 post-LN BERT stayed on the unigram plateau in some 10-minute runs
 OLD_DEFAULT = ["--nsp", "--schedule", "linear", "--bf16", "off", "--lr", "1e-3"]
 OLD_DEFAULT += ["--warmup-steps", "50"]
+# Cramming's (Geiping & Goldstein 2022) settings that keep BERT's architecture
+CRAM = ["--adam-betas", "0.9", "0.98", "--lr", "1e-3", "--clip-norm", "0.5"]
+CRAM += ["--dropout", "0", "--attention-dropout", "0"]
 RECIPES: dict[str, list[str]] = {
     "default": OLD_DEFAULT,
     "mask-30%": [*OLD_DEFAULT, "--masked-lm-prob", "0.3", "--max-predictions", "40"],
@@ -62,6 +65,9 @@ RECIPES: dict[str, list[str]] = {
     "best-batch-8": ["--batch-size", "8", "--warmup-steps", "200"],
     "best-batch-8-lr-1e-3": ["--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "200"],
     "best-dropout-0": ["--dropout", "0", "--attention-dropout", "0"],
+    "best-beta2-0.98": ["--adam-betas", "0.9", "0.98"],
+    "best-beta2-0.98-lr-1e-3": ["--adam-betas", "0.9", "0.98", "--lr", "1e-3"],
+    "best-cram": [*CRAM],
     "best-dropout-0-batch-16": ["--dropout", "0", "--attention-dropout", "0", "--batch-size", "16"],
 }
 

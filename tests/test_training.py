@@ -255,6 +255,7 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
         (["--max-steps", "1", "--resume", "/no/such/run"], "nothing to resume"),
         (["--out", "{tmp}/r"], "--max-steps or --time-budget"),
         (["--max-steps", "1", "--time-budget", "ten minutes"], "cannot read duration"),
+        (["--max-steps", "1", "--adam-betas", "0.9", "1.5"], "--adam-betas must be in [0, 1)"),
         (
             ["--nsp", "--corpus", "{one_doc}", "--max-steps", "1", "--eval-fraction", "0"],
             "at least 2 documents",
@@ -275,6 +276,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("bert-pretrain: error:") and message in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_adam_betas_reach_the_config():
+    from bertserve.training.cli import build_parser, config_from_args
+
+    parsed = vars(build_parser().parse_args(["--max-steps", "1", "--adam-betas", "0.9", "0.98"]))
+    cfg, *_ = config_from_args(parsed)
+    assert cfg.adam_betas == (0.9, 0.98)
+    default, *_ = config_from_args(vars(build_parser().parse_args(["--max-steps", "1"])))
+    assert default.adam_betas == (0.9, 0.999)
 
 
 def test_time_budget_stops_the_run(tmp_path):

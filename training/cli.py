@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--grad-accum", type=int, help=f"micro-batches per step ({d.grad_accum})")
     opt.add_argument("--lr", type=float, help=f"peak learning rate ({d.lr})")
     opt.add_argument("--weight-decay", type=float, help=f"({d.weight_decay})")
+    opt.add_argument(
+        "--adam-betas",
+        type=float,
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        help=f"AdamW's moment decay rates ({d.adam_betas[0]} {d.adam_betas[1]})",
+    )
     opt.add_argument("--warmup-steps", type=int, help=f"({d.warmup_steps})")
     opt.add_argument(
         "--schedule",
@@ -197,6 +204,8 @@ def config_from_args(
         raise ValueError("model-shape flags cannot change on --resume")
     if "time_budget" in args:
         values["time_budget_s"] = parse_duration(args.pop("time_budget"))
+    if "adam_betas" in args:
+        values["adam_betas"] = tuple(args.pop("adam_betas"))
     values.update(args)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
@@ -217,6 +226,8 @@ def config_from_args(
         raise ValueError("--long-seq-len must be longer than --max-seq-len")
     if not 0 < cfg.long_fraction < 1:
         raise ValueError("--long-fraction must be between 0 and 1")
+    if not all(0 <= beta < 1 for beta in cfg.adam_betas):
+        raise ValueError("--adam-betas must be in [0, 1)")
     if not 0 < cfg.decay_fraction <= 1:
         raise ValueError("--decay-fraction must be in (0, 1]")
     notes = []
