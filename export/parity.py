@@ -279,3 +279,32 @@ def calibration_scorer(source: Source, fp32_graph: Any, pooling: str) -> Any:
         return float(cos.mean()), float(cos.min())
 
     return score
+
+
+def regression_scorer(source: Source, fp32_graph: Any) -> Any:
+    """For a regression head: a function int8 graph -> (1 - mean, 1 - max) absolute difference
+    of the head's score against the fp32 graph's, on pairs of calibration sentences. A head
+    amplifies the pooled vector's error (a MiniLM STS cross-encoder whose sentence vectors met
+    the cosine targets was 0.17 off in score), so the search must look at the score itself."""
+    assert source.classifier is not None
+    weight = source.classifier.weight.detach().numpy().T  # (H, 1)
+    bias = source.classifier.bias.detach().numpy()  # (1,)
+    texts = usable(source, CALIBRATION)
+    pairs = list(zip(texts[::2], texts[1::2], strict=False))
+    batches = [encode(source, pairs[i : i + 9]) for i in range(0, len(pairs), 9)]
+    reference = session(fp32_graph)
+
+    def scores(sess: ort.InferenceSession, batch: Batch) -> np.ndarray:
+        pooled = sess.run(["pooler_output"], batch.arrays)[0]  # (B, H)
+        return (pooled @ weight + bias)[:, 0]  # (B,)
+
+    expected = [scores(reference, b) for b in batches]
+
+    def score(path: Any) -> tuple[float, float]:
+        sess = session(path)
+        diff = np.concatenate(
+            [np.abs(scores(sess, b) - e) for b, e in zip(batches, expected, strict=True)]
+        )
+        return 1.0 - float(diff.mean()), 1.0 - float(diff.max())
+
+    return score

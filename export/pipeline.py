@@ -119,11 +119,22 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         fp32_graph = root / "fp32" / "encoder.onnx"
         search_log: list[dict[str, Any]] = []
         if options.quantization in (variants.AUTO, variants.DYNAMIC_AUTO):
-            scorer = parity.calibration_scorer(source, fp32_graph, pooling)
             activations = (
                 variants.PER_ROW if options.quantization == variants.AUTO else variants.PER_TENSOR
             )
-            plan, search_log = variants.search_int8_plan(fp32_graph, scorer, activations)
+            if source.classifier is not None and source.problem_type == "regression":
+                # the score within half the gate's 0.02: the parity inputs that judge differ
+                plan, search_log = variants.search_int8_plan(
+                    fp32_graph,
+                    parity.regression_scorer(source, fp32_graph),
+                    activations,
+                    *variants.REGRESSION_SEARCH_TARGETS,
+                    max_kept_share=0.5,
+                    measure_name="score_closeness",  # 1 - |score - fp32 score|
+                )
+            else:
+                scorer = parity.calibration_scorer(source, fp32_graph, pooling)
+                plan, search_log = variants.search_int8_plan(fp32_graph, scorer, activations)
         else:
             plan = variants.QUANT_PRESETS[options.quantization]
         (root / "int8").mkdir()

@@ -157,6 +157,9 @@ def exact(node: str) -> str:
 # 1.58x fp32 where all 36 in int8 ran 1.87x; bench/export_speed.py); dynamic: the int8 gate
 # (0.99 / 0.97) with a margin, as before per-row existed
 SEARCH_TARGETS = {PER_ROW: (0.998, 0.99), PER_TENSOR: (0.992, 0.975)}
+# a regression head's score instead (parity.regression_scorer: 1 - mean and 1 - max absolute
+# difference): mean within 0.005, max within 0.01, half the int8 gate's 0.02
+REGRESSION_SEARCH_TARGETS = (0.995, 0.99)
 
 
 def search_int8_plan(
@@ -166,11 +169,13 @@ def search_int8_plan(
     target_mean: float | None = None,
     target_min: float | None = None,
     max_kept_share: float = 0.25,
+    measure_name: str = "cosine",
 ) -> tuple[QuantPlan, list[dict[str, object]]]:
     """Greedy sensitivity search. `score(path)` -> (mean, min) cosine of an int8 graph against
-    fp32 on calibration sentences. Each MatMul is tried alone in fp32; then the most helpful
-    are kept, one at a time, until the targets (default: SEARCH_TARGETS[activations]) are met
-    or max_kept_share of them are fp32. Returns the plan and the search log."""
+    fp32 on calibration sentences (or another closeness, higher is better, named in the log by
+    `measure_name`). Each MatMul is tried alone in fp32; then the most helpful are kept, one at
+    a time, until the targets (default: SEARCH_TARGETS[activations]) are met or max_kept_share
+    of them are fp32. Returns the plan and the search log."""
     if target_mean is None or target_min is None:
         target_mean, target_min = SEARCH_TARGETS[activations]
     nodes = [n for n in matmul_nodes(src) if "pooler" not in n]
@@ -183,7 +188,7 @@ def search_int8_plan(
             return score(trial)
 
         base = measure(())
-        log.append({"kept": [], "mean_cosine": base[0], "min_cosine": base[1]})
+        log.append({"kept": [], f"mean_{measure_name}": base[0], f"min_{measure_name}": base[1]})
         if base[0] >= target_mean and base[1] >= target_min:
             return QuantPlan(activations=activations), log
         gains = sorted(((measure((exact(n),))[0], n) for n in nodes), reverse=True)
@@ -195,8 +200,8 @@ def search_int8_plan(
             log.append(
                 {
                     "kept": [k.strip("^$").replace("\\", "") for k in kept],
-                    "mean_cosine": mean,
-                    "min_cosine": low,
+                    f"mean_{measure_name}": mean,
+                    f"min_{measure_name}": low,
                 }
             )
             if mean >= target_mean and low >= target_min:
