@@ -67,7 +67,7 @@ RECIPES: dict[str, list[str]] = {
     "best-dropout-0": ["--dropout", "0", "--attention-dropout", "0"],
     "best-beta2-0.98": ["--adam-betas", "0.9", "0.98"],
     "best-beta2-0.98-lr-1e-3": ["--adam-betas", "0.9", "0.98", "--lr", "1e-3"],
-    "best-cram": [*CRAM],
+    "best-cram": CRAM,
     "best-dropout-0-batch-16": ["--dropout", "0", "--attention-dropout", "0", "--batch-size", "16"],
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,12 +257,34 @@ def failures(precision: str, figures: dict[str, float]) -> list[str]:
     return missed
 
 
-def calibration_scorer(source: Source, fp32_graph: Any, pooling: str) -> Any:
+def _closeness_scorer(
+    batches: list[Batch],
+    fp32_graph: Any,
+    output: Callable[[ort.InferenceSession, Batch], np.ndarray],
+    closeness: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Callable[[Any], tuple[float, float]]:
+    """A function graph -> (mean, min) closeness of its `output` to the fp32 graph's on
+    `batches` (higher is better)."""
+    reference = session(fp32_graph)
+    expected = [output(reference, b) for b in batches]
+
+    def score(path: Any) -> tuple[float, float]:
+        sess = session(path)
+        close = np.concatenate(
+            [closeness(output(sess, b), e) for b, e in zip(batches, expected, strict=True)]
+        )
+        return float(close.mean()), float(close.min())
+
+    return score
+
+
+def calibration_scorer(
+    source: Source, fp32_graph: Any, pooling: str
+) -> Callable[[Any], tuple[float, float]]:
     """A function int8 graph -> (mean, min) sentence cosine against the fp32 graph on the
     calibration sentences (kept apart from the parity sentences that judge the result)."""
     texts = usable(source, CALIBRATION)
     batches = [encode(source, texts[i : i + 9]) for i in range(0, len(texts), 9)]
-    reference = session(fp32_graph)
 
     def embed(sess: ort.InferenceSession, batch: Batch) -> np.ndarray:
         outs = sess.run(None, batch.arrays)
@@ -269,42 +292,23 @@ def calibration_scorer(source: Source, fp32_graph: Any, pooling: str) -> Any:
             outs[0], batch.arrays["attention_mask"], pooling, outs[1] if len(outs) > 1 else None
         )
 
-    expected = [embed(reference, b) for b in batches]
-
-    def score(path: Any) -> tuple[float, float]:
-        sess = session(path)
-        cos = np.concatenate(
-            [cosine(embed(sess, b), e) for b, e in zip(batches, expected, strict=True)]
-        )
-        return float(cos.mean()), float(cos.min())
-
-    return score
+    return _closeness_scorer(batches, fp32_graph, embed, cosine)
 
 
-def regression_scorer(source: Source, fp32_graph: Any) -> Any:
-    """For a regression head: a function int8 graph -> (1 - mean, 1 - max) absolute difference
-    of the head's score against the fp32 graph's, on pairs of calibration sentences. A head
-    amplifies the pooled vector's error (a MiniLM STS cross-encoder whose sentence vectors met
-    the cosine targets was 0.17 off in score), so the search must look at the score itself."""
+def regression_scorer(source: Source, fp32_graph: Any) -> Callable[[Any], tuple[float, float]]:
+    """For a regression head: a function int8 graph -> (mean, min) of 1 - |score - fp32 score|
+    on pairs of calibration sentences. A head amplifies the pooled vector's error (a MiniLM STS
+    cross-encoder whose sentence vectors met the cosine targets was 0.17 off in score), so the
+    search must look at the score itself."""
     assert source.classifier is not None
     weight = source.classifier.weight.detach().numpy().T  # (H, 1)
     bias = source.classifier.bias.detach().numpy()  # (1,)
     texts = usable(source, CALIBRATION)
     pairs = list(zip(texts[::2], texts[1::2], strict=False))
     batches = [encode(source, pairs[i : i + 9]) for i in range(0, len(pairs), 9)]
-    reference = session(fp32_graph)
 
     def scores(sess: ort.InferenceSession, batch: Batch) -> np.ndarray:
         pooled = sess.run(["pooler_output"], batch.arrays)[0]  # (B, H)
         return (pooled @ weight + bias)[:, 0]  # (B,)
 
-    expected = [scores(reference, b) for b in batches]
-
-    def score(path: Any) -> tuple[float, float]:
-        sess = session(path)
-        diff = np.concatenate(
-            [np.abs(scores(sess, b) - e) for b, e in zip(batches, expected, strict=True)]
-        )
-        return 1.0 - float(diff.mean()), 1.0 - float(diff.max())
-
-    return score
+    return _closeness_scorer(batches, fp32_graph, scores, lambda a, b: 1.0 - np.abs(a - b))

@@ -123,18 +123,12 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
                 variants.PER_ROW if options.quantization == variants.AUTO else variants.PER_TENSOR
             )
             if source.classifier is not None and source.problem_type == "regression":
-                # the score within half the gate's 0.02: the parity inputs that judge differ
-                plan, search_log = variants.search_int8_plan(
-                    fp32_graph,
-                    parity.regression_scorer(source, fp32_graph),
-                    activations,
-                    *variants.REGRESSION_SEARCH_TARGETS,
-                    max_kept_share=0.5,
-                    measure_name="score_closeness",  # 1 - |score - fp32 score|
-                )
+                scorer = parity.regression_scorer(source, fp32_graph)
+                measure = variants.REGRESSION_SEARCH
             else:
                 scorer = parity.calibration_scorer(source, fp32_graph, pooling)
-                plan, search_log = variants.search_int8_plan(fp32_graph, scorer, activations)
+                measure = {}
+            plan, search_log = variants.search_int8_plan(fp32_graph, scorer, activations, **measure)
         else:
             plan = variants.QUANT_PRESETS[options.quantization]
         (root / "int8").mkdir()

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -157,9 +158,16 @@ def exact(node: str) -> str:
 # 1.58x fp32 where all 36 in int8 ran 1.87x; bench/export_speed.py); dynamic: the int8 gate
 # (0.99 / 0.97) with a margin, as before per-row existed
 SEARCH_TARGETS = {PER_ROW: (0.998, 0.99), PER_TENSOR: (0.992, 0.975)}
-# a regression head's score instead (parity.regression_scorer: 1 - mean and 1 - max absolute
-# difference): mean within 0.005, max within 0.01, half the int8 gate's 0.02
-REGRESSION_SEARCH_TARGETS = (0.995, 0.99)
+# the search for a regression head, on its score (parity.regression_scorer: 1 - |score - fp32
+# score|): mean within 0.005 and max within 0.01, half the int8 gate's 0.02 since the parity
+# inputs that judge differ; at most half the MatMuls in fp32 (keeping all it asked for passed a
+# MiniLM STS cross-encoder with 2 of 42 left in int8: int8 in name only)
+REGRESSION_SEARCH: dict[str, Any] = {
+    "target_mean": 0.995,
+    "target_min": 0.99,
+    "max_kept_share": 0.5,
+    "measure_name": "score_closeness",
+}
 
 
 def search_int8_plan(

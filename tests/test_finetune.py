@@ -317,39 +317,43 @@ def test_classify_options_and_errors(classifier_artifact, tiny_artifact):
     assert status == 424 and "no classifier head" in json.dumps(body)
 
 
-def test_a_regression_model_is_served_as_a_score(trained_checkpoint, tmp_path):
-    from bertserve.export.pipeline import ExportOptions, export_artifact
-
+@pytest.fixture(scope="module")
+def regression_model(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pair regression model (scores 0-4), fine-tuned once for the tests that read it."""
+    folder = tmp_path_factory.mktemp("regression")
     rows = [(a, b, str(i % 5)) for i, (a, b, _) in enumerate(_pairs(60, 4))]
-    train = _write_csv(tmp_path / "train.csv", rows, ("premise", "hypothesis", "score"))
-    out = tmp_path / "reg"
+    train = _write_csv(folder / "train.csv", rows, ("premise", "hypothesis", "score"))
+    out = folder / "reg"
     _finetune(
         "--from", str(trained_checkpoint), "--train", str(train), "--out", str(out),
         *PAIR_ARGS[:4], "--label", "score", "--task", "regression", "--epochs", "1", *FAST,
     )  # fmt: skip
+    return out
+
+
+def test_a_regression_model_is_served_as_a_score(regression_model, tmp_path):
+    from bertserve.export.pipeline import ExportOptions, export_artifact
+
     artifact = tmp_path / "reg-artifact"
-    manifest = export_artifact(out, artifact, ExportOptions(("fp32",), progress=False))
+    manifest = export_artifact(regression_model, artifact, ExportOptions(("fp32",), progress=False))
     assert manifest["problem_type"] == "regression" and manifest["labels"] == ["score"]
     [(status, body)] = _classify(artifact, [{"inputs": [["a b", "c d"], ["e", "f"]]}])
     assert status == 200, body
     assert all(set(item) == {"index", "score", "truncated"} for item in body["data"])
 
 
-def test_int8_search_of_a_regression_model_watches_the_score(trained_checkpoint, tmp_path):
+def test_int8_search_of_a_regression_model_watches_the_score(regression_model, tmp_path):
     """A regression head amplifies the encoder's int8 error (a MiniLM STS cross-encoder whose
     sentence vectors met the cosine targets was 0.17 off in score and rejected): the search
     keeps MatMuls in fp32 by the score itself, and the gate then accepts int8."""
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
     from bertserve.export.pipeline import ExportOptions, export_artifact
 
-    rows = [(a, b, str(i % 5)) for i, (a, b, _) in enumerate(_pairs(60, 4))]
-    train = _write_csv(tmp_path / "train.csv", rows, ("premise", "hypothesis", "score"))
     out = tmp_path / "reg"
-    _finetune(
-        "--from", str(trained_checkpoint), "--train", str(train), "--out", str(out),
-        *PAIR_ARGS[:4], "--label", "score", "--task", "regression", "--epochs", "1", *FAST,
-    )  # fmt: skip
+    shutil.copytree(regression_model, out)  # the shared model stays as trained
     weights = load_file(out / "model.safetensors")
     weights["classifier.weight"] = weights["classifier.weight"] * 50  # a head that amplifies
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})

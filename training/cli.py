@@ -195,7 +195,6 @@ def config_from_args(
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{resume}/train_config.json is unreadable ({exc})") from exc
         values.update(saved)
-        values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
         values["out"] = str(run_of(resume))
         if "max_steps" in args or "time_budget" in args:
             values["max_steps"] = values["time_budget_s"] = None
@@ -204,9 +203,9 @@ def config_from_args(
         raise ValueError("model-shape flags cannot change on --resume")
     if "time_budget" in args:
         values["time_budget_s"] = parse_duration(args.pop("time_budget"))
-    if "adam_betas" in args:
-        values["adam_betas"] = tuple(args.pop("adam_betas"))
     values.update(args)
+    if "adam_betas" in values:  # a list from argparse or train_config.json
+        values["adam_betas"] = tuple(values["adam_betas"])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
     if cfg.max_steps is None and cfg.time_budget_s is None:
