@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from .settings import Settings
 
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 UNCOUNTED = {"/metrics"}
+log = logging.getLogger("bertserve")
 UNMATCHED = "unmatched"  # the one route label of every path the app has no route for
 
 
@@ -152,6 +154,14 @@ class EdgeMiddleware:
                         raise
                     status = 408
                     await send_json(send, status, error_body("timeout", str(exc.detail)))
+                except Exception:  # a bug: logged, and answered in our error shape
+                    if started_response:  # FastAPI's error middleware answered (GET routes)
+                        raise
+                    log.exception("unhandled error answering %s %s", scope["method"], path)
+                    status = 500
+                    await send_json(
+                        send, status, error_body("internal_error", "internal server error")
+                    )
             else:
                 status, kind, message = refused
                 await send_json(send, status, error_body(kind, message))

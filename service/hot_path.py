@@ -115,7 +115,7 @@ class HotPathMiddleware:
         except Exception as exc:
             known = known_error(exc, self.state.metrics)
             if known is None:
-                raise  # a bug: Starlette's ServerErrorMiddleware answers 500 and logs it
+                raise  # a bug: the edge logs it and answers 500
             status, kind, headers = known
             content = error_body(kind, str(exc))
         await send_json(send, status, content, headers)

@@ -175,3 +175,30 @@ def test_embedding_only_model_answers_424_for_heads(tmp_path):
         assert (await client.post("/embed", json={"inputs": "the river"})).status_code == 200
 
     serve_fake(tmp_path, check, mlm=False, nsp=False, pooler=False)
+
+
+def test_a_bug_answers_500_in_the_error_shape_is_logged_and_the_server_keeps_serving(
+    tmp_path, monkeypatch, caplog
+):
+    from bertserve.service import routes
+
+    schema, _ = routes.POST_ROUTES["/embed"]
+
+    async def broken(*_: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug in a route")
+
+    monkeypatch.setitem(routes.POST_ROUTES, "/embed", (schema, broken))
+
+    async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
+        response = await client.post("/embed", json={"inputs": "a"})
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {"type": "internal_error", "message": "internal server error"}
+        }
+        assert (await client.post("/tokenize", json={"inputs": "a"})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'bertserve_requests_total{route="/embed",status="500"} 1.0' in metrics
+
+    with caplog.at_level("ERROR", logger="bertserve"):
+        serve_fake(tmp_path, check)
+    assert "a bug in a route" in caplog.text and "POST /embed" in caplog.text
