@@ -1,7 +1,9 @@
 """Two versions of bert-serve under the same load, alternately: did a change to the serving path
 cost throughput? Each round starts the server from one checkout, runs wrk (C clients x 1
 sentence) for S seconds, and reads /metrics for the mean batch size and model time per call, so
-a change in speed can be told from a change in how batches formed.
+a change in speed can be told from a change in how batches formed, and the server's CPU time
+per sentence (model threads included), which moves less than the rate when a neighbour on the
+machine takes CPU.
 
   git worktree add /tmp/before HEAD~1
   python bench/serve_ab.py --artifact runs/minilm /tmp/before . --rounds 2
@@ -20,7 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.export_speed import cpu_description, real_sentences
-from bench.serve_load import free_port, run_wrk, stop, wait_ready
+from bench.serve_load import free_port, served, stop, wait_ready
 
 
 def _metric(text: str, name: str) -> float:
@@ -40,7 +42,7 @@ def one_round(tree: Path, args: argparse.Namespace, sentences: Path) -> dict[str
     proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_ready(url, proc)
-        load = run_wrk(url, sentences, args.clients, 1, args.seconds)
+        load = served(url, proc.pid, sentences, args.clients, 1, args.seconds)
         text = httpx.get(f"{url}/metrics").text
     finally:
         stop(proc)
@@ -48,6 +50,7 @@ def one_round(tree: Path, args: argparse.Namespace, sentences: Path) -> dict[str
     return {
         "sentences_per_s": float(load["sentences_per_s"]),
         "p50_ms": float(load["p50_ms"]),
+        "cpu_ms": float(load["server_cpu_ms_per_sentence"]),  # type: ignore[arg-type]
         "mean_batch": _metric(text, "bertserve_batch_size_sum") / calls,
         "model_ms_per_call": 1000
         * _metric(text, "bertserve_inference_duration_seconds_sum")
@@ -70,17 +73,26 @@ def main() -> None:
     sentences.write_text("\n".join(real_sentences(1000)))
     print(f"{cpu_description()}; {args.precision}, {args.clients} clients x 1 sentence")
     rates: dict[str, list[float]] = {"before": [], "after": []}
+    cpu: dict[str, list[float]] = {"before": [], "after": []}
     for _ in range(args.rounds):
         for name, tree in (("before", args.before), ("after", args.after)):
             got = one_round(tree, args, sentences)
             rates[name].append(got["sentences_per_s"])
+            cpu[name].append(got["cpu_ms"])
             print(
                 f"  {name:6s} {got['sentences_per_s']:7.0f} sent/s  p50 {got['p50_ms']:4.0f} ms  "
                 f"mean batch {got['mean_batch']:5.2f}  "
-                f"model {got['model_ms_per_call']:5.2f} ms/call"
+                f"model {got['model_ms_per_call']:5.2f} ms/call  "
+                f"server CPU {got['cpu_ms']:.3f} ms/sentence"
             )
     ratio = sum(rates["after"]) / sum(rates["before"])
     print(f"after / before: {ratio:.3f}x (sum over {args.rounds} alternating rounds)")
+    # CPU per sentence moves less with a noisy neighbour than the rate does
+    means = {name: sum(values) / len(values) for name, values in cpu.items()}
+    print(
+        f"server CPU ms per sentence, mean: before {means['before']:.3f}, after "
+        f"{means['after']:.3f} ({means['after'] - means['before']:+.3f})"
+    )
 
 
 if __name__ == "__main__":
