@@ -34,7 +34,6 @@ import numpy as np
 
 from .backend import Backend, Floats
 from .metrics import Metrics
-from .pooling import pool
 
 log = logging.getLogger("bertserve")
 T = TypeVar("T")
@@ -72,15 +71,6 @@ class RequestState:
     cancelled: bool = False
 
 
-@dataclass(frozen=True)
-class SequenceStates:
-    """One sequence's share of a model call."""
-
-    hidden: Floats  # (n, H) its tokens' states, padding cut off
-    pooled: Floats | None  # (H,) the pooler output, when the model has one
-    mean: Floats  # (H,) the mean of `hidden`, computed for the whole call at once
-
-
 @dataclass(eq=False)  # identity, not value: arrays do not compare as bools
 class Pending:
     ids: np.ndarray  # (n,) int64 token ids with [CLS]/[SEP]
@@ -88,7 +78,7 @@ class Pending:
     enqueued: float
     deadline: float
     request: RequestState
-    future: asyncio.Future[SequenceStates] = field(repr=False)
+    future: asyncio.Future[tuple[Floats, Floats | None]] = field(repr=False)
 
     @property
     def length(self) -> int:
@@ -169,7 +159,7 @@ class _Outcome:
     """What the model thread posts back for one call: outputs, None when every sequence was
     dead by the time it took the call, or the backend's exception."""
 
-    outputs: tuple[Floats, Floats | None, Floats] | None = None  # hidden, pooled, means
+    outputs: tuple[Floats, Floats | None] | None = None
     error: Exception | None = None
     real_tokens: int = 0
     seconds: float = 0.0
@@ -248,7 +238,7 @@ class Batcher:
     # -- the request side --------------------------------------------------------------------
     def submit(
         self, sequences: Sequence[tuple[np.ndarray, np.ndarray]], request: RequestState
-    ) -> list[asyncio.Future[SequenceStates]]:
+    ) -> list[asyncio.Future[tuple[Floats, Floats | None]]]:
         """Queues a request's sequences all or nothing; raises Overloaded or ShuttingDown."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
@@ -258,7 +248,7 @@ class Batcher:
         now = time.monotonic()
         futures = []
         for ids, type_ids in sequences:
-            future: asyncio.Future[SequenceStates] = loop.create_future()
+            future: asyncio.Future[tuple[Floats, Floats | None]] = loop.create_future()
             self.queue.append(
                 Pending(ids, type_ids, now, now + self.request_timeout_s, request, future)
             )
@@ -384,10 +374,7 @@ class Batcher:
         if any(p.live(time.monotonic()) for p in call):
             started = time.perf_counter()
             try:
-                hidden, pooled = self.backend.hidden_states(ids, mask, types)  # (B, T, H)
-                # mean pooling for the whole call here, off the event loop: per request it
-                # was ~6% of the loop's time under 32 single-sentence clients
-                outcome.outputs = hidden, pooled, pool(hidden, mask, "mean")  # means: (B, H)
+                outcome.outputs = self.backend.hidden_states(ids, mask, types)
             except Exception as exc:  # the model failed: this call's requests fail, not the loop
                 outcome.error = exc
             outcome.seconds = time.perf_counter() - started  # model time, not the wait
@@ -405,13 +392,9 @@ class Batcher:
             return
         self.metrics.inference_duration.observe(outcome.seconds)
         self._measured(outcome.real_tokens, outcome.seconds)
-        hidden, pooled, means = outcome.outputs
+        hidden, pooled = outcome.outputs
         for row, p in enumerate(call):
             if not p.future.done():
                 p.future.set_result(
-                    SequenceStates(
-                        hidden[row, : p.length],
-                        None if pooled is None else pooled[row],
-                        means[row],
-                    )
+                    (hidden[row, : p.length], None if pooled is None else pooled[row])
                 )

@@ -20,7 +20,7 @@ from .artifact import Artifact
 from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
 from .metrics import Metrics
-from .pooling import l2_normalize, softmax
+from .pooling import l2_normalize, pool_one, softmax
 from .text import LongText, TextTokenizer, Tokenized, Window
 
 
@@ -46,18 +46,6 @@ class SequenceOutput:
     tokenized: Tokenized
     hidden: Floats  # (n, H)
     pooled: Floats | None  # (H,)
-    mean: Floats  # (H,) the mean of `hidden`, pooled with the whole batch
-
-    def sentence(self, pooling: str) -> Floats:
-        """(H,) float32 by `pooling`: mean, cls or pooler (the route has checked it exists)."""
-        if pooling == "mean":
-            return self.mean
-        if pooling == "cls":
-            first: Floats = self.hidden[0]
-            return first
-        if pooling == "pooler" and self.pooled is not None:
-            return self.pooled
-        raise ValueError(f"pooling {pooling!r} is not available for this model")
 
 
 @dataclass
@@ -117,8 +105,8 @@ class Engine:
                 future.cancel()
             raise
         return [
-            SequenceOutput(t, states.hidden, states.pooled, states.mean)  # type: ignore[arg-type]
-            for t, states in zip(tokenized, results, strict=True)
+            SequenceOutput(t, hidden, pooled)  # type: ignore[arg-type]
+            for t, (hidden, pooled) in zip(tokenized, results, strict=True)
         ]
 
     async def embed_long(
@@ -159,7 +147,12 @@ class Engine:
         want_tokens: bool,
     ) -> LongEmbedding:
         weights = np.array([len(w.ids) for w in long_text.windows], dtype=np.float32)  # (W,)
-        window_vectors = np.stack([p.sentence(pooling) for p in parts])  # (W, H)
+        window_vectors = np.stack(
+            [
+                pool_one(p.hidden, pooling, None if p.pooled is None else p.pooled[None])
+                for p in parts
+            ]
+        )  # (W, H)
         mean = (weights[:, None] * window_vectors).sum(axis=0) / weights.sum()  # (H,)
         tokens: list[tuple[int, str, tuple[int, int], Floats]] = []
         if want_tokens:
@@ -197,7 +190,9 @@ class Engine:
         self.check_dimensions(dimensions)
         vectors = []
         for item in outputs:
-            vectors.append(self._finish(item.sentence(pooling), normalize, dimensions))
+            pooled = None if item.pooled is None else item.pooled[None]
+            vector = pool_one(item.hidden, pooling, pooled)  # (H,)
+            vectors.append(self._finish(vector, normalize, dimensions))
         return vectors
 
     def token_vectors(

@@ -34,6 +34,19 @@ def pool(
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
 
 
+def pool_one(hidden: Floats, pooling: str, pooler_output: Floats | None = None) -> Floats:
+    """`pool` for one unpadded sequence, hidden: (n, H) -> (H,), without building a mask."""
+    if pooling == "mean":
+        mean: Floats = hidden.astype(np.float32).sum(axis=0) / np.float32(max(len(hidden), 1))
+        return mean
+    if pooling == "cls":
+        first: Floats = hidden[0].astype(np.float32)
+        return first
+    pooled: Floats = pool(hidden[None], np.ones((1, len(hidden)), np.int64), pooling, pooler_output)
+    row: Floats = pooled[0]
+    return row
+
+
 def l2_normalize(vectors: Floats) -> Floats:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     unit: Floats = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

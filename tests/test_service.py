@@ -19,7 +19,7 @@ import pytest
 from bertserve.service.artifact import load_artifact
 from bertserve.service.backend import OnnxBackend
 from bertserve.service.batcher import Pending, RequestState, split_by_padding, take_batch
-from bertserve.service.pooling import pool
+from bertserve.service.pooling import pool, pool_one
 from tests.conftest import REPO, running_server, serve_command, sts_sentences
 from tests.fakes import CountingBackend, serve_app
 
@@ -389,6 +389,18 @@ def test_bert_serve_runs_and_shuts_down_gracefully(tiny_artifact, access_log):
         assert b"model thread(s) x" in log
         # a line per request only when asked: at info level it cost the event loop per request
         assert (b'"POST /embed HTTP/1.1" 200' in proc.stdout.read()) == access_log
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_pool_one_equals_pool_on_an_unpadded_sequence(pooling):
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((7, 16)).astype(np.float32)  # (n, H)
+    pooler_output = rng.standard_normal((1, 16)).astype(np.float32)
+    expected = pool(hidden[None], np.ones((1, 7), np.int64), pooling, pooler_output)[0]
+    got = pool_one(hidden, pooling, pooler_output)
+    assert got.dtype == np.float32 and got.shape == (16,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
 def test_warm_up_ignores_request_deadlines(tiny_artifact):
