@@ -212,9 +212,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_s(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of a live process, or of one of its threads (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -226,12 +227,18 @@ def children_cpu_s() -> float:
 def served(
     url: str, pid: int, sentences_file: Path, clients: int, per_request: int, seconds: float
 ) -> dict[str, object]:
-    """run_load plus CPU accounting: the server's and the load generator's CPU ms per
-    sentence (the generator, wrk or the httpx client, is a child process we wait for)."""
+    """run_load plus CPU accounting: the server's (all threads, and its event loop's thread
+    alone) and the load generator's CPU ms per sentence (the generator, wrk or the httpx
+    client, is a child process we wait for)."""
     server_before, load_before = process_cpu_s(pid), children_cpu_s()
+    loop_before = process_cpu_s(pid, thread=pid)  # the main thread runs the event loop
     result = dict(run_load(url, sentences_file, clients, per_request, seconds))
     done = float(result["sentences_per_s"]) * seconds
     result["server_cpu_ms_per_sentence"] = (process_cpu_s(pid) - server_before) * 1000 / done
+    # the per-request work (HTTP, JSON, tokenizing, futures), without the model threads
+    result["event_loop_cpu_ms_per_sentence"] = (
+        (process_cpu_s(pid, thread=pid) - loop_before) * 1000 / done
+    )
     result["load_cpu_ms_per_sentence"] = (children_cpu_s() - load_before) * 1000 / done
     return result
 

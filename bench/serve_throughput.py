@@ -339,7 +339,10 @@ def main() -> None:
         print(
             f"  CPU ms per sentence (last round): raw ORT {raw_cpu_last:.2f} (the faster way); "
             f"bert-serve "
-            f"{single['server_cpu_ms_per_sentence']:.2f} (all its threads); load generator "
+            f"{single['server_cpu_ms_per_sentence']:.2f} (all its threads; its event loop "
+            f"{single['event_loop_cpu_ms_per_sentence']:.2f}, so its model threads "
+            f"{single['server_cpu_ms_per_sentence'] - single['event_loop_cpu_ms_per_sentence']:.2f}"
+            f"); load generator "
             f"{single['load_cpu_ms_per_sentence']:.2f} -> with the {os.cpu_count()} cores "
             f"saturated, served/raw can be at most {raw_cpu_last / overhead:.2f}x"
         )

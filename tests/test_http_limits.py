@@ -1,5 +1,6 @@
 """Limits below the ASGI app (service/http_limits.py), against a real bert-serve over raw sockets:
-oversized or too many headers, headers that never finish, and a body still arriving at shutdown."""
+oversized or too many headers, headers that never finish, and a body still arriving at shutdown;
+keep-alive and "Expect: 100-continue" through the limited protocol."""
 
 from __future__ import annotations
 
@@ -84,3 +85,42 @@ def test_shutdown_answers_a_body_still_arriving_at_once_and_exits_0(tiny_artifac
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 5  # not the 30 s grace period nor body_timeout_s
         assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
+
+
+def _read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
+    """One response with a Content-Length from `sock`; returns (response, bytes after it)."""
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def test_keep_alive_responses_and_expect_100_continue_over_one_connection(tiny_artifact):
+    body = b'{"inputs": "hello world"}'
+    post = (
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n" % len(body)
+    )
+    with running_server(serve_command(tiny_artifact)) as (url, _), _connect(url) as sock:
+        buffer = b""
+        for _ in range(3):  # three requests, one connection: each answer whole
+            sock.sendall(post + b"\r\n" + body)
+            response, buffer = _read_response(sock, buffer)
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+            assert len(json.loads(response.partition(b"\r\n\r\n")[2])["data"]) == 1
+        # a client that waits for "100 Continue" before its body gets it, then its answer
+        sock.sendall(post + b"Expect: 100-continue\r\n\r\n")
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body)
+        response, _ = _read_response(sock, interim.partition(b"\r\n\r\n")[2])
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
