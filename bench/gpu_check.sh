@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One short GPU session (about 6 minutes on an H100/H200), writing $OUT/gpu-<date>.json:
+# One short GPU session (about 7 minutes on an H100/H200), writing $OUT/gpu-<date>.json:
 #  1. model-only training step, BERT-base, bf16: ours eager and compiled vs transformers (SDPA),
 #     seq 128 and seq 512, tokens/s and MFU (bench/train_throughput.py);
 #  2. end to end: bert-pretrain, BERT-base, packed seq 128, compiled, batches from the worker,
 #     on the shipped demo corpus (its own WordPiece vocabulary); tokens/s and MFU from its
-#     metrics.jsonl;
+#     metrics.jsonl; then the same without dropout (model-only is timed both ways too);
 #  3. serving: a BERT-base-shaped model exported to fp32 + fp16 (fp16's parity gate measured on
 #     the CUDA provider), then raw ONNX Runtime vs bert-serve --device cuda at 32 clients
 #     (bench/serve_throughput.py).
@@ -77,7 +77,7 @@ export_pid=$!
 
 step "model-only, seq 128"
 timeout 170 python3 bench/train_throughput.py --device $DEV --preset $PRESET --batch-size $B128 \
-  --seq-len 128 --iters 10 --rounds 2 $([ $COMPILE = auto ] && echo --compile) --json "$WORK/model-128.json" 2>&1 \
+  --seq-len 128 --iters 10 --rounds 2 $([ $COMPILE = auto ] && echo --compile) --no-dropout --json "$WORK/model-128.json" 2>&1 \
   | grep -v -i warn | tee "$WORK/model-128.txt"
 step "model-only, seq 512"
 timeout 130 python3 bench/train_throughput.py --device $DEV --preset $PRESET --batch-size $B512 \
@@ -91,6 +91,13 @@ timeout 170 python3 -m bertserve.training --device $DEV --out /tmp/gpu-run --ove
   --log-every 20 --eval-batches 0 --save-every 1000 \
   --no-progress 2>&1 | grep -v -i warn | tail -6 | tee "$WORK/e2e.txt"
 cp /tmp/gpu-run/metrics.jsonl "$WORK/e2e-metrics.jsonl" 2>/dev/null
+
+step "end to end without dropout (Cramming's setting; no loss at 10 CPU minutes)"
+timeout 150 python3 -m bertserve.training --device $DEV --out /tmp/gpu-run-no-dropout --overwrite \
+  --preset $PRESET --pack --batch-size $B128 --max-seq-len 128 --dropout 0 --attention-dropout 0 \
+  --compile $COMPILE --data-worker on --max-steps $STEPS --warmup-steps 20 --lr 2e-4 \
+  --log-every 20 --eval-batches 0 --save-every 1000 \
+  --no-progress 2>&1 | grep -v -i warn | tail -3 | tee "$WORK/e2e-no-dropout.txt"
 
 step "serving on the CUDA provider"
 wait "$export_pid"

@@ -67,6 +67,7 @@ def main() -> None:
         "model_only_seq512": _json(out / "model-512.json"),
         "preset": preset_name,
         "end_to_end_seq128": end_to_end(Path("/tmp/gpu-run")),
+        "end_to_end_seq128_no_dropout": end_to_end(Path("/tmp/gpu-run-no-dropout")),
         "fp16_parity": fp16.get("parity"),
         "fp16_rejected": fp16.get("rejected"),
         f"serving_{served}": serve.get(served, serve),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import statistics
@@ -78,6 +79,12 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak, for MFU")
     p.add_argument("--json", type=Path, help="write the figures here too")
     p.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="also time ours with both dropouts at 0 (Cramming's setting; compiled too with "
+        "--compile): what dropout's random masks cost a step",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="print the top kernels of 3 steps of ours (CUDA)"
     )
     args = p.parse_args()
@@ -134,6 +141,15 @@ def main() -> None:
     if args.compile:
         compiled = torch.compile(ours)
         steps["ours+compile"] = make_step(compiled, opt_ours, ours_forward)
+    if args.no_dropout:
+        no_drop = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        free_cfg = dataclasses.replace(cfg, **no_drop)
+        free = BertForPreTraining(free_cfg).to(device).train()
+        free.load_state_dict(ours.state_dict())
+        opt_free = torch.optim.AdamW(free.parameters(), lr=1e-4, fused=fused or None)
+        steps["ours-dropout"] = make_step(free, opt_free, ours_forward)
+        if args.compile:
+            steps["ours-dropout+compile"] = make_step(torch.compile(free), opt_free, ours_forward)
     for step in steps.values():  # warm-up (and compile)
         for _ in range(3):
             step()
@@ -161,7 +177,7 @@ def main() -> None:
         per_step = statistics.median(samples)
         rate = tokens / per_step
         figures[f"{name}_tokens_per_s"] = rate
-        line = f"  {name:14s} {rate:12,.0f} tokens/s  ({per_step * 1000:.1f} ms/step)"
+        line = f"  {name:21s} {rate:12,.0f} tokens/s  ({per_step * 1000:.1f} ms/step)"
         if device.type == "cuda":
             mfu = rate * flops_per_token(cfg, args.seq_len) / (args.peak_tflops * 1e12)
             figures[f"{name}_mfu"] = mfu
