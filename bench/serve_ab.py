@@ -3,7 +3,8 @@ cost throughput? Each round starts the server from one checkout, runs wrk (C cli
 sentence) for S seconds, and reads /metrics for the mean batch size and model time per call, so
 a change in speed can be told from a change in how batches formed, and CPU time per sentence:
 the server's (model threads included) and its event loop thread's alone, the per-request work a
-serving-path change is about, which moves least when a neighbour on the machine takes CPU.
+serving-path change is about. All of them drift with the VM (the same code against itself in
+3-second rounds: 1.17x, event loop 0.30 vs 0.24 ms): use 12-second rounds and several of them.
 
   git worktree add /tmp/before HEAD~1
   python bench/serve_ab.py --artifact runs/minilm /tmp/before . --rounds 2
@@ -73,27 +74,27 @@ def main() -> None:
     sentences = Path("/tmp/bertserve-ab-sentences.txt")
     sentences.write_text("\n".join(real_sentences(1000)))
     print(f"{cpu_description()}; {args.precision}, {args.clients} clients x 1 sentence")
-    rates: dict[str, list[float]] = {"before": [], "after": []}
-    cpu: dict[str, list[float]] = {"before": [], "after": []}
-    loop: dict[str, list[float]] = {"before": [], "after": []}
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}  # one_round's rows
     for _ in range(args.rounds):
         for name, tree in (("before", args.before), ("after", args.after)):
             got = one_round(tree, args, sentences)
-            rates[name].append(got["sentences_per_s"])
-            cpu[name].append(got["cpu_ms"])
-            loop[name].append(got["loop_ms"])
+            runs[name].append(got)
             print(
                 f"  {name:6s} {got['sentences_per_s']:7.0f} sent/s  p50 {got['p50_ms']:4.0f} ms  "
                 f"mean batch {got['mean_batch']:5.2f}  "
                 f"model {got['model_ms_per_call']:5.2f} ms/call  "
                 f"CPU ms/sentence: server {got['cpu_ms']:.3f}, event loop {got['loop_ms']:.3f}"
             )
-    ratio = sum(rates["after"]) / sum(rates["before"])
+
+    def total(name: str, key: str) -> float:
+        return sum(row[key] for row in runs[name])
+
+    ratio = total("after", "sentences_per_s") / total("before", "sentences_per_s")
     print(f"after / before: {ratio:.3f}x (sum over {args.rounds} alternating rounds)")
-    # the event loop's CPU per sentence is the per-request work, and moves least with a noisy
-    # neighbour; the server's includes the model threads
-    for label, values in (("server", cpu), ("event loop", loop)):
-        before, after = (sum(values[k]) / len(values[k]) for k in ("before", "after"))
+    # the event loop's CPU per sentence is the per-request work; the server's includes the
+    # model threads
+    for label, key in (("server", "cpu_ms"), ("event loop", "loop_ms")):
+        before, after = (total(name, key) / args.rounds for name in ("before", "after"))
         print(
             f"{label} CPU ms per sentence, mean: before {before:.3f}, after {after:.3f} "
             f"({after - before:+.3f})"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import platform
 import statistics
@@ -142,8 +141,12 @@ def main() -> None:
         compiled = torch.compile(ours)
         steps["ours+compile"] = make_step(compiled, opt_ours, ours_forward)
     if args.no_dropout:
-        no_drop = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        free_cfg = dataclasses.replace(cfg, **no_drop)
+        free_cfg = preset(
+            args.preset,
+            vocab_size=args.vocab_size,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
         free = BertForPreTraining(free_cfg).to(device).train()
         free.load_state_dict(ours.state_dict())
         opt_free = torch.optim.AdamW(free.parameters(), lr=1e-4, fused=fused or None)

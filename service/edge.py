@@ -16,9 +16,9 @@ from .errors import error_body
 from .metrics import Metrics
 from .settings import Settings
 
+log = logging.getLogger("bertserve")
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 UNCOUNTED = {"/metrics"}
-log = logging.getLogger("bertserve")
 UNMATCHED = "unmatched"  # the one route label of every path the app has no route for
 
 
