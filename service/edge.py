@@ -17,8 +17,13 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("bertserve")
-OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+# open without the API key: the probes and the scrape, as orchestrators call them; /docs and
+# /openapi.json need the key like every route they describe (as TEI keeps them)
+OPEN_PATHS = {"/health", "/ready", "/metrics"}
 UNCOUNTED = {"/metrics"}
+# nginx's status for a request whose client closed the connection first: not a 5xx, so that an
+# error-rate alert does not fire on client timeouts
+CLIENT_CLOSED = 499
 UNMATCHED = "unmatched"  # the one route label of every path the app has no route for
 
 
@@ -99,6 +104,9 @@ class EdgeMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         settings = self.settings
         if settings.api_key and scope["path"] not in OPEN_PATHS:
+            if sum(k == b"authorization" for k, _ in scope["headers"]) > 1:
+                # which one counts differs between proxies and servers: refuse, do not pick
+                return 400, "invalid_request", "more than one Authorization header"
             auth = headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -149,6 +157,8 @@ class EdgeMiddleware:
                     await self.app(
                         scope, timed_receive(receive, self.settings.body_timeout_s), send_and_record
                     )
+                    if not started_response:  # the client went away before its answer
+                        status = CLIENT_CLOSED
                 except BodyTimeout as exc:
                     if started_response:  # nothing more can be said
                         raise

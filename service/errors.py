@@ -17,12 +17,17 @@ class TooLarge(Exception):
     """A request over a size limit (413)."""
 
 
+class MalformedBody(ValueError):
+    """A body that is not JSON, not UTF-8, or nested past the parser's limit (400)."""
+
+
 class NotReady(Exception):
     """The model is not loaded yet, or the server is draining (503)."""
 
 
 # exception type -> (status, error type in the body)
 STATUS: dict[type[Exception], tuple[int, str]] = {
+    MalformedBody: (400, "invalid_request"),
     InvalidInput: (422, "validation_error"),
     InputTooLong: (422, "input_too_long"),
     TooLarge: (413, "too_large"),
@@ -37,8 +42,22 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
 }
 
 
+ECHO_CHARS = 100  # client text quoted in an error message is cut to this many characters
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """Client text as an error message may quote it: at most `limit` characters (a 1 MB key
+    came back whole in a 422), and valid Unicode (a lone surrogate cannot be written as JSON)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def error_body(kind: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"type": kind, "message": message}})
+    try:
+        return orjson.dumps({"error": {"type": kind, "message": message}})
+    except orjson.JSONEncodeError:  # a lone surrogate quoted from the request
+        return orjson.dumps({"error": {"type": kind, "message": clip(message, len(message))}})
 
 
 def known_error(exc: Exception, metrics: Metrics) -> tuple[int, str, dict[str, str]] | None:
@@ -60,6 +79,7 @@ def validation_error(errors: Sequence[Any]) -> tuple[int, str, str]:
         return 400, "invalid_request", "request body is not valid JSON (or not UTF-8)"
     parts = []
     for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
+        where = ".".join(clip(str(x)) for x in e.get("loc", ()) if x != "body")
+        what = clip(str(e.get("msg", "invalid")), 4 * ECHO_CHARS)
+        parts.append(f"{where}: {what}" if where else what)
     return 422, "validation_error", "; ".join(parts)

@@ -15,13 +15,15 @@ only sees a request once its headers are complete. So this subclass counts while
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_body
+from .errors import clip, error_body
 
 _REASONS = {
+    400: b"Bad Request",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
@@ -75,7 +77,11 @@ def limited_protocol(max_header_bytes: int, max_headers: int, header_timeout_s: 
             if self._refusal is not None:
                 self._refuse(431, "too_large", self._refusal)
                 return
-            super().send_400_response(msg)
+            # uvicorn answers a framing error with text/plain: ours is in the API's shape,
+            # naming what the parser refused (called inside data_received's except clause)
+            error = sys.exc_info()[1]
+            detail = f" ({clip(str(error))})" if error is not None and str(error) else ""
+            self._refuse(400, "invalid_request", f"malformed HTTP request{detail}")
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None

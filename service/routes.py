@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from .engine import Engine, InvalidInput, serialize_vector
-from .errors import NotReady, TooLarge
+from .errors import NotReady, TooLarge, clip
 from .pooling import softmax
 from .schemas import (
     ClassifyRequest,
@@ -201,7 +201,9 @@ async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Set
         for target in body.targets:
             ids = engine.text.full.encode(target, add_special_tokens=False).ids
             if len(ids) != 1:
-                raise InvalidInput(f"target {target!r} is not a single token of the vocabulary")
+                raise InvalidInput(
+                    f"target {clip(target)!r} is not a single token of the vocabulary"
+                )
             target_ids.append(ids[0])
     remedy = "send a shorter text (fill-mask never truncates, so that no [MASK] is lost)"
     tokenized = engine.text.tokenize(texts, truncate=False, remedy=remedy)

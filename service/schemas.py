@@ -184,9 +184,18 @@ class NextSentenceResponse(BaseModel):
 class OpenAIEmbeddingRequest(_Strict):
     model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send `user` etc.
     input: Texts
-    model: str | None = None
+    model: str | None = Field(
+        None, max_length=256, description="echoed in the answer (at most 256 characters)"
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is not None:  # echoed back: it must be writable as JSON
+            _check_encodable(value, "model")
+        return value
 
 
 class OpenAIEmbedding(BaseModel):

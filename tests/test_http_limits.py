@@ -124,3 +124,52 @@ def test_keep_alive_responses_and_expect_100_continue_over_one_connection(tiny_a
         sock.sendall(body)
         response, _ = _read_response(sock, interim.partition(b"\r\n\r\n")[2])
         assert response.startswith(b"HTTP/1.1 200"), response[:200]
+
+
+# malformed HTTP: (name, raw request); each is refused with a 4xx in the API's error shape, the
+# connection closed, and nothing after it on the connection is answered as a request
+FRAMING = [
+    (
+        "conflicting Content-Length",
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
+    ),
+    (
+        "Content-Length and Transfer-Encoding",
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "bad chunk size",
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n0\r\n\r\n",
+    ),
+    ("negative Content-Length", b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+    ("obs-fold", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+    ("unknown method", b"FROB /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("lowercase method", b"get /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ("NUL in a header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n"),
+    ("space before colon", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n"),
+    ("bad version", b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n"),
+    ("garbage", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n"),
+    ("bare LF line ends", b"GET /health HTTP/1.1\nHost: x\n\n"),
+]
+
+
+def test_malformed_http_is_refused_in_the_error_shape(tiny_artifact):
+    with running_server(serve_command(tiny_artifact)) as (url, _):
+        answers = {}
+        for name, raw in FRAMING:
+            with _connect(url) as sock:
+                sock.sendall(raw)
+                answers[name] = _read_all(sock)
+        for name, response in answers.items():
+            if response.startswith(b"HTTP/1.1 200"):  # a lenient parse, one answer only
+                assert response.count(b"HTTP/1.1") == 1, (name, response)
+                continue
+            head, _, body = response.partition(b"\r\n\r\n")
+            status = int(head.split()[1])
+            assert 400 <= status < 500, (name, response)
+            assert b"content-type: application/json" in head.lower(), (name, response)
+            assert json.loads(body)["error"]["type"] == "invalid_request", (name, response)
+        assert httpx.get(f"{url}/health").status_code == 200

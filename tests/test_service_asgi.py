@@ -62,6 +62,9 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
         # the blocker's 3 remaining sequences ran; the 5 abandoned ones never did
         assert backend.calls - calls_before <= 4
         assert _sample(metrics, "bertserve_rejected_total", '{reason="cancelled"}') == 5
+        # counted as the client's doing (499), not as a server error
+        assert 'bertserve_requests_total{route="/embed",status="499"} 1.0' in metrics
+        assert 'status="500"' not in metrics
 
     asyncio.run(main())
 

@@ -96,7 +96,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
         "/next-sentence",
         {"pairs": [["a", "b"]] * 9},
         413,
-        "9 pairs exceed max_inputs 8",
+        "pairs has 9 items, over max_inputs 8",
     ),
 ]
 
@@ -158,6 +158,15 @@ def test_api_key_is_required_when_set(tmp_path):
         assert (await client.post("/embed", json={"inputs": "a"}, headers=right)).status_code == 200
         for path in ("/health", "/ready", "/metrics"):
             assert (await client.get(path)).status_code == 200
+        # the docs describe the keyed routes and need the key too
+        for path in ("/docs", "/openapi.json"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, headers=right)).status_code == 200, path
+        # two Authorization headers (wrong, then right: the last used to win) are refused
+        for pair in (["Bearer nope", "Bearer s3cret"], ["Bearer s3cret", "Bearer s3cret"]):
+            headers = [("authorization", value) for value in pair]
+            r = await client.post("/embed", json={"inputs": "a"}, headers=headers)
+            assert r.status_code == 400 and "more than one Authorization" in r.text, r.text
 
     serve_fake(tmp_path, check, api_key="s3cret")
 
