@@ -5,9 +5,15 @@ ModuleNotFoundError traceback), and one-line error messages."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+EXIT_NO_SPACE = 4  # the disk (or quota) ran out while writing: free space and run again
+LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this free is taken as ENOSPC
 
 # command -> (extra, modules that extra installs and the command imports)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -55,16 +61,40 @@ def listing(names: list[str], shown: int = 4) -> str:
     return ", ".join(ordered[:shown]) + more
 
 
+def no_space_left(exc: BaseException, output: Path | None) -> str | None:
+    """The path a failed write ran out of space on, or None. ENOSPC (or EDQUOT) anywhere in
+    the exception's chain; or, since some libraries lose errno (onnx: "INVALID_PROTOBUF:
+    Protobuf serialization failed"; torch's zip writer: "unexpected pos"), any error while
+    the output's filesystem has less than LOW_SPACE_BYTES free."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(seen.filename or output or "")
+        seen = seen.__cause__ or seen.__context__
+    if output is None:
+        return None
+    folder = Path(output).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    return str(output) if free < LOW_SPACE_BYTES else None
+
+
 def run_command(
     command: str,
     work: Callable[[], object],
     bad_input: tuple[type[BaseException], ...],
     failed: tuple[type[BaseException], ...] = (),
     interrupted: str | None = None,
+    output: Path | None = None,
 ) -> int:
     """Runs a command's work with the exit codes every command shares: 0 done; 2 for bad input
     and permission errors (one line on stderr); 1 for `failed` (e.g. a failed parity gate);
-    130 on Ctrl-C, saying `interrupted` (how to continue) when given."""
+    4 when the disk under `output` is full (one line naming the path); 130 on Ctrl-C, saying
+    `interrupted` (how to continue) when given."""
     try:
         work()
     except failed as exc:
@@ -73,14 +103,21 @@ def run_command(
     except PermissionError as exc:
         print(f"{command}: error: permission denied: {exc.filename}", file=sys.stderr)
         return 2
-    except bad_input as exc:
-        print(f"{command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         if interrupted is None:
             raise
         print(f"{command}: interrupted; {interrupted}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        path = no_space_left(exc, output)
+        if path is not None:
+            where = f" writing {path}" if path else ""
+            print(f"{command}: error: no space left on device{where}", file=sys.stderr)
+            return EXIT_NO_SPACE
+        if isinstance(exc, bad_input):
+            print(f"{command}: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"artifact written to {args.out}")
 
     return run_command(
-        "bert-export", work, (SourceError, ExportPathError, ValueError), failed=(ParityError,)
+        "bert-export",
+        work,
+        (SourceError, ExportPathError, ValueError),
+        failed=(ParityError,),
+        output=Path(args.out),
     )
 
 

@@ -24,6 +24,7 @@ from .errors import STATUS, known_error, validation_error
 from .get_routes import api, open_routes
 from .hot_path import HotPathMiddleware
 from .metrics import Metrics
+from .responses import ResponseBudget
 from .route_docs import documented
 from .settings import Settings
 
@@ -80,7 +81,10 @@ def create_app(
         )
         batcher.start()
         app.state.batcher = batcher
-        app.state.engine = Engine(loaded, model, batcher, metrics)
+        responses = ResponseBudget(
+            settings.max_response_bytes, settings.max_response_bytes_in_flight
+        )
+        app.state.engine = Engine(loaded, model, batcher, metrics, responses)
         metrics.model_info.labels(loaded.name, model.precision, model.provider).set(1)
         if settings.warmup:  # straight to the model: request deadlines do not apply
             started = time.perf_counter()

@@ -258,6 +258,14 @@ class Batcher:
         self._wakeup.set()
         return futures
 
+    def precheck(self, at_least: int) -> None:
+        """Admission with a lower bound of a request's tokens, before it is tokenized: what
+        this refuses, the exact count would refuse too (in a burst of 500 requests the
+        tokenizing of refused ones held the event loop for seconds)."""
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        self._admit(at_least)
+
     def _admit(self, asked: int) -> None:
         """Refuses a request that cannot finish before its deadline: by the measured speed
         (tokens/s of recent batches) once there is one, and by max_queued_tokens always."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,12 @@ from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
 from .metrics import Metrics
 from .pooling import l2_normalize, pool_one, softmax
-from .text import LongText, TextTokenizer, Tokenized, Window
+from .responses import ResponseBudget, off_loop
+from .text import TRUNCATE_OR_SHORTEN, LongText, TextTokenizer, Tokenized, Window
+
+# requests with more characters than this are tokenized off the event loop (64 short
+# sentences, ~2,400 characters, take ~1.6 ms there)
+OFF_LOOP_CHARS = 2048
 
 
 class MissingHead(Exception):
@@ -67,8 +72,14 @@ def serialize_vector(vector: Floats, encoding_format: str) -> Floats | str:
 
 class Engine:
     def __init__(
-        self, artifact: Artifact, backend: Backend, batcher: Batcher, metrics: Metrics
+        self,
+        artifact: Artifact,
+        backend: Backend,
+        batcher: Batcher,
+        metrics: Metrics,
+        responses: ResponseBudget,
     ) -> None:
+        self.responses = responses
         self.artifact = artifact
         self.backend = backend
         self.batcher = batcher
@@ -89,6 +100,23 @@ class Engine:
         }[part]
         if not present:
             raise MissingHead(_MISSING[part])
+
+    async def tokenize(
+        self,
+        texts: list[str] | list[tuple[str, str]],
+        truncate: bool = True,
+        direction: str = "right",
+        remedy: str = TRUNCATE_OR_SHORTEN,
+    ) -> list[Tokenized]:
+        """The texts tokenized: on the event loop when they are short (most requests: a hop
+        to a thread costs more), else on a worker thread, where encode_batch lets go of the
+        GIL (200 x 19,900 characters took ~1 s and held /health for seconds on the loop).
+        An overloaded queue is refused first, before the tokenizing is paid for."""
+        self.batcher.precheck(2 * len(texts))  # every text is at least [CLS] [SEP]
+        chars = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts)
+        if chars <= OFF_LOOP_CHARS:
+            return self.text.tokenize(texts, truncate, direction, remedy)
+        return await asyncio.to_thread(self.text.tokenize, texts, truncate, direction, remedy, True)
 
     async def run(
         self, tokenized: Sequence[Tokenized | Window], route: str
@@ -119,23 +147,35 @@ class Engine:
         dimensions: int | None,
         want_tokens: bool,
         route: str,
+        before_run: Callable[[list[LongText]], int],
     ) -> list[LongEmbedding]:
         """Texts of any length: windows of max_seq_len tokens `stride` apart, run in the same
         batches as everything else. The sentence vector is the mean of the window vectors
         weighted by their token counts; each token's vector comes from the window where it
-        sits most centrally."""
+        sits most centrally. `before_run` sees the windows before any compute (the route's
+        limits) and returns the answer's estimated bytes."""
         if pooling == "pooler":
             self.require("pooler")
         self.check_dimensions(dimensions)
-        longs = [self.text.windows(t, stride, max_chunks, i) for i, t in enumerate(texts)]
+        self.batcher.precheck(2 * len(texts))  # cheap: before any tokenizing
+        if sum(len(t) for t in texts) > OFF_LOOP_CHARS:
+            longs = await asyncio.to_thread(self.text.windows, texts, stride, max_chunks)
+        else:
+            longs = self.text.windows(texts, stride, max_chunks)
+        estimate = before_run(longs)
         outputs = await self.run([w for lt in longs for w in lt.windows], route)
-        results, at = [], 0
-        for long_text in longs:
-            parts = outputs[at : at + len(long_text.windows)]
-            at += len(long_text.windows)
-            results.append(self._combine(long_text, parts, pooling, normalize, dimensions,
-                                         want_tokens))  # fmt: skip
-        return results
+
+        def combine() -> list[LongEmbedding]:
+            results, at = [], 0
+            for long_text in longs:
+                parts = outputs[at : at + len(long_text.windows)]
+                at += len(long_text.windows)
+                results.append(
+                    self._combine(long_text, parts, pooling, normalize, dimensions, want_tokens)
+                )
+            return results
+
+        return await off_loop(estimate, combine)
 
     def _combine(
         self,

@@ -10,6 +10,7 @@ import orjson
 from .batcher import DeadlineExceeded, ModelError, Overloaded, RequestTooLarge, ShuttingDown
 from .engine import InvalidInput, MissingHead
 from .metrics import Metrics
+from .responses import ResponseTooLarge
 from .text import InputTooLong, TooManyWindows
 
 
@@ -32,6 +33,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     InputTooLong: (422, "input_too_long"),
     TooLarge: (413, "too_large"),
     TooManyWindows: (413, "too_large"),
+    ResponseTooLarge: (413, "too_large"),
     RequestTooLarge: (413, "too_large"),
     MissingHead: (424, "missing_head"),
     NotReady: (503, "not_ready"),

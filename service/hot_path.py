@@ -20,9 +20,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .edge import send_json
+from .edge import send_json, send_pieces
 from .errors import MalformedBody, TooLarge, clip, error_body, known_error, validation_error
-from .routes import POST_ROUTES, json_bytes, ready_engine
+from .responses import Written, json_bytes
+from .routes import POST_ROUTES, ready_engine
 
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
 # held /health for seconds when parsed on it
@@ -132,9 +133,12 @@ class HotPathMiddleware:
             return
         schema, handler = route
         headers: dict[str, str] = {}
+        engine = None
+        held = None
         try:
             body = await read_body(receive)
             engine = ready_engine(self.state)
+            held = engine.responses.open()  # this answer's bytes in flight, until sent
             max_items = self.state.settings.max_inputs
             if len(body) > BIG_BODY_BYTES:  # parsing would stall every other request
                 request = await asyncio.to_thread(parse, schema, body, max_items)
@@ -143,8 +147,11 @@ class HotPathMiddleware:
             answer = await _unless_disconnected(
                 handler(request, engine, self.state.settings), receive
             )
-            content = json_bytes(answer)
             status = 200
+            if isinstance(answer, Written):  # big: written off the loop, sent in pieces
+                await send_pieces(send, status, answer.pieces, answer.size)
+                return
+            content = json_bytes(answer)
         except ConnectionAbortedError:
             return
         except ValidationError as exc:
@@ -156,4 +163,7 @@ class HotPathMiddleware:
                 raise  # a bug: the edge logs it and answers 500
             status, kind, headers = known
             content = error_body(kind, clip(str(exc), MESSAGE_CHARS))
+        finally:
+            if engine is not None and held is not None:
+                engine.responses.close(held)
         await send_json(send, status, content, headers)

@@ -12,26 +12,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from pydantic import BaseModel
 
 from .engine import Engine, InvalidInput, serialize_vector
 from .errors import NotReady, TooLarge, clip
 from .pooling import softmax
+from .responses import off_loop, vector_bytes
 from .schemas import (
     ClassifyRequest,
     EmbedRequest,
-    FillMaskCandidate,
     FillMaskRequest,
     NextSentenceOut,
     NextSentenceRequest,
     NextSentenceResponse,
     OpenAIEmbeddingRequest,
-    TokenizeOut,
     TokenizeRequest,
     texts_of,
 )
 from .settings import Settings
+from .text import LongText
 
 
 def ready_engine(state: Any) -> Engine:
@@ -59,19 +58,7 @@ def check_inputs(
             )
 
 
-def _model_dict(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def json_bytes(payload: Any) -> bytes:
-    """orjson writes numpy vectors directly: no per-float Python objects, no re-validation of
-    a response model (the models above still document the shapes in /docs)."""
-    return orjson.dumps(payload, default=_model_dict, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> dict[str, Any]:
+async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> Any:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
     engine.check_dimensions(body.dimensions)
@@ -79,36 +66,54 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     normalize = engine.artifact.normalize if body.normalize is None else body.normalize
     if (body.long_inputs or settings.long_inputs) == "chunk":
         return await chunked_payload(body, texts, engine, settings, pooling, normalize)
-    tokenized = engine.text.tokenize(texts, body.truncate, body.truncation_direction)
-    if body.output != "sentence":
-        check_token_vectors(sum(len(t.ids) for t in tokenized), settings)
-    outputs = await engine.run(tokenized, "/embed")
+    tokenized = await engine.tokenize(texts, body.truncate, body.truncation_direction)
+    tokens = sum(len(t.ids) for t in tokenized)
     want_sentence = body.output in ("sentence", "both")
-    sentences = (
-        engine.sentence_vectors(outputs, pooling, normalize, body.dimensions)
-        if want_sentence
-        else []
-    )
-    data = []
-    for index, item in enumerate(outputs):
-        row: dict[str, Any] = {"index": index}
-        if want_sentence:
-            row["embedding"] = serialize_vector(sentences[index], body.encoding_format)
-        if body.output in ("tokens", "both"):
-            vectors = engine.token_vectors(item, normalize, body.dimensions)
-            row["tokens"] = [
-                token_row(int(tid), tok, span, vec, body.encoding_format)
-                for tid, tok, span, vec in zip(
-                    item.tokenized.ids,
-                    item.tokenized.tokens,
-                    item.tokenized.offsets,
-                    vectors,
-                    strict=True,
-                )
-            ]
-        row["truncated"] = item.tokenized.truncated
-        data.append(row)
-    return embed_response(engine, data, sum(len(t.ids) for t in tokenized))
+    want_tokens = body.output in ("tokens", "both")
+    if want_tokens:
+        check_token_vectors(tokens, settings)
+    estimate = embed_estimate(engine, body, len(texts), tokens if want_tokens else 0)
+    engine.responses.reserve(estimate, EMBED_REMEDY)
+    outputs = await engine.run(tokenized, "/embed")
+
+    def build() -> dict[str, Any]:
+        sentences = (
+            engine.sentence_vectors(outputs, pooling, normalize, body.dimensions)
+            if want_sentence
+            else []
+        )
+        data = []
+        for index, item in enumerate(outputs):
+            row: dict[str, Any] = {"index": index}
+            if want_sentence:
+                row["embedding"] = serialize_vector(sentences[index], body.encoding_format)
+            if want_tokens:
+                vectors = engine.token_vectors(item, normalize, body.dimensions)
+                row["tokens"] = [
+                    token_row(int(tid), tok, span, vec, body.encoding_format)
+                    for tid, tok, span, vec in zip(
+                        item.tokenized.ids,
+                        item.tokenized.tokens,
+                        item.tokenized.offsets,
+                        vectors,
+                        strict=True,
+                    )
+                ]
+            row["truncated"] = item.tokenized.truncated
+            data.append(row)
+        return embed_response(engine, data, tokens)
+
+    return await engine.responses.write(await off_loop(estimate, build), estimate)
+
+
+EMBED_REMEDY = 'ask for fewer inputs, "encoding_format": "base64", or "output": "sentence"'
+
+
+def embed_estimate(engine: Engine, body: Any, sentences: int, token_vectors: int) -> int:
+    """Bytes of an /embed answer: a row per sentence, a row per token vector asked for."""
+    dimensions = body.dimensions or engine.artifact.hidden_size
+    vector = vector_bytes(dimensions, body.encoding_format)
+    return 200 + sentences * (vector + 40) + token_vectors * (vector + 80)
 
 
 def check_token_vectors(count: int, settings: Settings) -> None:
@@ -153,10 +158,19 @@ async def chunked_payload(
     settings: Settings,
     pooling: str,
     normalize: bool,
-) -> dict[str, Any]:
+) -> Any:
     """/embed with long_inputs=chunk: texts of any length, in overlapping windows."""
     stride = chunk_stride(engine, settings, body.chunk_stride)
     want_tokens = body.output in ("tokens", "both")
+
+    def limits(longs: list[LongText]) -> int:  # before the model runs
+        token_vectors = sum(len(lt.encoding.ids) + 2 for lt in longs) if want_tokens else 0
+        if want_tokens:
+            check_token_vectors(token_vectors, settings)
+        estimate = embed_estimate(engine, body, len(texts), token_vectors)
+        engine.responses.reserve(estimate, EMBED_REMEDY)
+        return estimate
+
     results = await engine.embed_long(
         texts,
         stride,
@@ -166,23 +180,27 @@ async def chunked_payload(
         body.dimensions,
         want_tokens,
         "/embed",
+        limits,
     )
-    if want_tokens:
-        check_token_vectors(sum(len(r.tokens) for r in results), settings)
-    data = []
-    for index, result in enumerate(results):
-        row: dict[str, Any] = {"index": index}
-        if body.output in ("sentence", "both"):
-            row["embedding"] = serialize_vector(result.sentence, body.encoding_format)
-        if want_tokens:
-            row["tokens"] = [
-                token_row(tid, tok, span, vec, body.encoding_format)
-                for tid, tok, span, vec in result.tokens
-            ]
-        row["truncated"] = False
-        row["chunks"] = result.windows
-        data.append(row)
-    return embed_response(engine, data, sum(r.token_count for r in results))
+
+    def build() -> dict[str, Any]:
+        data = []
+        for index, result in enumerate(results):
+            row: dict[str, Any] = {"index": index}
+            if body.output in ("sentence", "both"):
+                row["embedding"] = serialize_vector(result.sentence, body.encoding_format)
+            if want_tokens:
+                row["tokens"] = [
+                    token_row(tid, tok, span, vec, body.encoding_format)
+                    for tid, tok, span, vec in result.tokens
+                ]
+            row["truncated"] = False
+            row["chunks"] = result.windows
+            data.append(row)
+        return embed_response(engine, data, sum(r.token_count for r in results))
+
+    estimate = embed_estimate(engine, body, len(texts), sum(len(r.tokens) for r in results))
+    return await engine.responses.write(await off_loop(estimate, build), estimate)
 
 
 async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Settings) -> Any:
@@ -206,30 +224,43 @@ async def fill_mask_payload(body: FillMaskRequest, engine: Engine, settings: Set
                 )
             target_ids.append(ids[0])
     remedy = "send a shorter text (fill-mask never truncates, so that no [MASK] is lost)"
-    tokenized = engine.text.tokenize(texts, truncate=False, remedy=remedy)
+    tokenized = await engine.tokenize(texts, truncate=False, remedy=remedy)
+    masks = []
     for index, tokens in enumerate(tokenized):
-        if not (tokens.ids == engine.mask_id).any():
+        masks.append(int((tokens.ids == engine.mask_id).sum()))
+        if not masks[-1]:
             raise InvalidInput(f"inputs[{index}] has no [MASK] token")
+    # each candidate repeats its whole sequence, as the transformers pipeline does
+    estimate = 100 + sum(
+        count * body.top_k * (len(text) + 100) for count, text in zip(masks, texts, strict=True)
+    )
+    engine.responses.reserve(estimate, "ask for a smaller top_k, fewer [MASK]s or fewer inputs")
     outputs = await engine.run(tokenized, "/fill-mask")
-    results: list[Any] = []
-    for item in outputs:
-        per_mask = await engine.fill_mask(item, body.top_k, target_ids)
-        positions = [int(p) for p in (item.tokenized.ids == engine.mask_id).nonzero()[0]]
-        masks = []
-        for position, candidates in zip(positions, per_mask, strict=True):
-            masks.append(
+    per_input = [await engine.fill_mask(item, body.top_k, target_ids) for item in outputs]
+
+    def build() -> list[Any]:
+        results: list[Any] = []
+        for item, per_mask in zip(outputs, per_input, strict=True):
+            ids = item.tokenized.ids
+            positions = [int(p) for p in (ids == engine.mask_id).nonzero()[0]]
+            candidates = [
                 [
-                    FillMaskCandidate(
-                        score=score,
-                        token=token,
-                        token_str=engine.text.id_to_token(token),
-                        sequence=_filled(engine, item.tokenized.ids, position, token),
-                    )
-                    for score, token in candidates
+                    {
+                        "score": score,
+                        "token": token,
+                        "token_str": engine.text.id_to_token(token),
+                        "sequence": _filled(engine, ids, position, token),
+                    }
+                    for score, token in found
                 ]
-            )
-        results.append(masks[0] if len(masks) == 1 else masks)
-    return results[0] if isinstance(body.inputs, str) else results
+                for position, found in zip(positions, per_mask, strict=True)
+            ]
+            results.append(candidates[0] if len(candidates) == 1 else candidates)
+        return results
+
+    results = await off_loop(estimate, build)
+    answer = results[0] if isinstance(body.inputs, str) else results
+    return await engine.responses.write(answer, estimate)
 
 
 def _filled(engine: Engine, ids: Any, position: int, token: int) -> str:
@@ -243,7 +274,8 @@ async def next_sentence_payload(
 ) -> NextSentenceResponse:
     check_inputs([t for pair in body.pairs for t in pair], settings, "pairs", len(body.pairs))
     engine.require("nsp")
-    tokenized = engine.text.tokenize([(p[0], p[1]) for p in body.pairs], truncate=True)
+    tokenized = await engine.tokenize([(p[0], p[1]) for p in body.pairs], truncate=True)
+    engine.responses.reserve(100 + 40 * len(tokenized))
     outputs = await engine.run(tokenized, "/next-sentence")
     probabilities = await engine.next_sentence(outputs)
     return NextSentenceResponse(
@@ -265,7 +297,10 @@ async def classify_payload(
     labels = engine.artifact.labels
     if body.top_k is not None and body.top_k > len(labels):
         raise InvalidInput(f"top_k {body.top_k} exceeds the model's {len(labels)} labels")
-    tokenized = engine.text.tokenize(pairs if pairs else inputs, truncate=True)
+    tokenized = await engine.tokenize(pairs if pairs else inputs, truncate=True)
+    shown = 1 if engine.artifact.regression else (body.top_k or len(labels))
+    longest = max((len(label) for label in labels), default=0)
+    engine.responses.reserve(100 + len(tokenized) * (60 + shown * (longest + 40)))
     outputs = await engine.run(tokenized, "/classify")
     logits = await engine.classify(outputs)  # (B, C)
     regression = engine.artifact.regression
@@ -300,7 +335,15 @@ async def openai_payload(
     texts = texts_of(body.input)
     check_inputs(texts, settings, "input")
     engine.check_dimensions(body.dimensions)
+    estimate = 200 + len(texts) * (
+        vector_bytes(body.dimensions or engine.artifact.hidden_size, body.encoding_format) + 60
+    )
     if settings.long_inputs == "chunk":  # the server's default; OpenAI's body has no field
+
+        def reserve(_: list[LongText]) -> int:
+            engine.responses.reserve(estimate)
+            return estimate
+
         results = await engine.embed_long(
             texts,
             chunk_stride(engine, settings, None),
@@ -310,11 +353,13 @@ async def openai_payload(
             body.dimensions,
             False,
             "/v1/embeddings",
+            reserve,
         )
         vectors = [r.sentence for r in results]
         count = sum(r.token_count for r in results)
     else:
-        tokenized = engine.text.tokenize(texts, truncate=True)
+        tokenized = await engine.tokenize(texts, truncate=True)
+        engine.responses.reserve(estimate)
         outputs = await engine.run(tokenized, "/v1/embeddings")
         vectors = engine.sentence_vectors(outputs, engine.artifact.pooling, True, body.dimensions)
         count = sum(len(t.ids) for t in tokenized)
@@ -333,21 +378,27 @@ async def openai_payload(
     }
 
 
-async def tokenize_payload(
-    body: TokenizeRequest, engine: Engine, settings: Settings
-) -> list[TokenizeOut]:
+async def tokenize_payload(body: TokenizeRequest, engine: Engine, settings: Settings) -> Any:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
-    return [
-        TokenizeOut(
-            index=i,
-            ids=[int(x) for x in t.ids],
-            tokens=t.tokens,
-            offsets=t.offsets,
-            truncated=t.truncated,
-        )
-        for i, t in enumerate(engine.text.tokenize(texts, truncate=True))
-    ]
+    tokenized = await engine.tokenize(texts, truncate=True)
+    count = sum(len(t.ids) for t in tokenized)
+    estimate = 100 + 60 * len(tokenized) + 40 * count + 2 * sum(len(t) for t in texts)
+    engine.responses.reserve(estimate)
+
+    def build() -> list[dict[str, Any]]:
+        return [
+            {
+                "index": i,
+                "ids": t.ids,
+                "tokens": t.tokens,
+                "offsets": t.offsets,
+                "truncated": t.truncated,
+            }
+            for i, t in enumerate(tokenized)
+        ]
+
+    return await engine.responses.write(await off_loop(estimate, build), estimate)
 
 
 # -- the POST routes: answered by service.hot_path, declared for /docs in route_docs.py ------

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
         "threads (0: one per core on the CPU, 1 on CUDA)",
     )
     max_batch_tokens: int = Field(
-        16384, ge=1, description="padded tokens per model call (batch size x longest sequence)"
+        8192,
+        ge=1,
+        description="padded tokens per model call (batch size x longest sequence; a call's "
+        "memory grows with it times the sequence length: ~0.5 GiB at 8192 x 512 for MiniLM)",
     )
     max_batch_size: int = Field(64, ge=1, description="sequences per model call")
     max_wait_ms: float = Field(
@@ -67,6 +70,18 @@ class Settings(BaseSettings):
         ge=1,
         description="token vectors one /embed response may hold (output tokens or both; "
         "bounds the response size)",
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="bytes one answer may take (413 over it, estimated before the work; "
+        'base64 vectors take 40% of "float")',
+    )
+    max_response_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="bytes of all answers being built or sent at once (429 past it; "
+        "bounds the server's memory)",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="a sequence still queued after this long is dropped (504)"

@@ -97,11 +97,13 @@ class TextTokenizer:
         truncate: bool = True,
         direction: str = "right",
         remedy: str = TRUNCATE_OR_SHORTEN,
+        release_gil: bool = False,
     ) -> list[Tokenized]:
         """`remedy`: what the too-long error tells the client to do (routes without a
-        truncate option say something else)."""
+        truncate option say something else). `release_gil`: encode_batch even for one text,
+        since it lets go of the GIL and `encode` does not (for callers off the event loop)."""
         tokenizer = (self.left if direction == "left" else self.right) if truncate else self.full
-        if len(texts) == 1:  # encode_batch hands even one text to its thread pool
+        if len(texts) == 1 and not release_gil:  # encode_batch hands one text to its pool
             first = texts[0]
             if isinstance(first, str):
                 encodings = [tokenizer.encode(first)]
@@ -115,30 +117,32 @@ class TextTokenizer:
                     raise InputTooLong(index, len(enc.ids), self.max_len, remedy)
         return [Tokenized(e) for e in encodings]
 
-    def windows(self, text: str, stride: int, max_chunks: int, index: int) -> LongText:
-        """Overlapping windows of max_len tokens ([CLS] ... [SEP]) covering `text`, each
-        starting `stride` content tokens after the previous one, the last one ending at the
-        text's end."""
-        encoding = self.full.encode(text, add_special_tokens=False)
-        span = self.max_len - 2
-        n = len(encoding.ids)
-        last = max(n - span, 0)
-        starts = [*range(0, last, stride), last]
-        if len(starts) > max_chunks:
-            raise TooManyWindows(
-                f"input {index} has {n} tokens: {len(starts)} windows of {self.max_len} at "
-                f"stride {stride}, over max_chunks {max_chunks}"
-            )
+    def windows(self, texts: list[str], stride: int, max_chunks: int) -> list[LongText]:
+        """For each text, overlapping windows of max_len tokens ([CLS] ... [SEP]) covering it,
+        each starting `stride` content tokens after the previous one, the last one ending at
+        the text's end. One encode_batch (it lets go of the GIL)."""
         cls_id = self.full.token_to_id("[CLS]")
         sep_id = self.full.token_to_id("[SEP]")
         assert cls_id is not None and sep_id is not None
-        content = np.asarray(encoding.ids, dtype=np.int64)
-        windows = []
-        for start in starts:
-            end = min(start + span, n)
-            ids = np.concatenate([[cls_id], content[start:end], [sep_id]]).astype(np.int64)
-            windows.append(Window(ids, start, end))
-        return LongText(encoding, windows, cls_id, sep_id)
+        span = self.max_len - 2
+        longs = []
+        for index, encoding in enumerate(self.full.encode_batch(texts, add_special_tokens=False)):
+            n = len(encoding.ids)
+            last = max(n - span, 0)
+            starts = [*range(0, last, stride), last]
+            if len(starts) > max_chunks:
+                raise TooManyWindows(
+                    f"input {index} has {n} tokens: {len(starts)} windows of {self.max_len} at "
+                    f"stride {stride}, over max_chunks {max_chunks}"
+                )
+            content = np.asarray(encoding.ids, dtype=np.int64)
+            windows = []
+            for start in starts:
+                end = min(start + span, n)
+                ids = np.concatenate([[cls_id], content[start:end], [sep_id]]).astype(np.int64)
+                windows.append(Window(ids, start, end))
+            longs.append(LongText(encoding, windows, cls_id, sep_id))
+        return longs
 
     def token_id(self, token: str) -> int | None:
         return self.full.token_to_id(token)

@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         work,
         (CorpusError, CheckpointError, RunDirError, ValueError, FileNotFoundError),
         interrupted="resume with --resume RUN_DIR",
+        output=Path(args.get("out") or args.get("resume") or TrainConfig().out),
     )
 
 

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: finetune(config_from_args(args), resume=args.resume, overwrite=args.overwrite),
         (CheckpointError, ValueError, FileNotFoundError),
         interrupted="continue with --resume",
+        output=Path(args.out),
     )
 
 
