@@ -12,6 +12,7 @@ load and 60 s after the last one (memory given back after a burst). Target: p99 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -65,7 +66,12 @@ def loads() -> dict[str, tuple[str, bytes, int]]:
             b'{"inputs": [' + b",".join([b"1"] * 1_000_000) + b"]}",
             4,
         ),
-        "burst: 500 connections x 64 sentences": (
+        "burst: 500 requests at once x 64 sentences": (
+            "/embed",
+            json_body({"inputs": [text_of(100 + i, MIXED) for i in range(64)]}),
+            -500,  # negative: one request per connection, all sent at once, once
+        ),
+        "flood: 500 connections x 64 sentences": (
             "/embed",
             json_body({"inputs": [text_of(100 + i, MIXED) for i in range(64)]}),
             500,
@@ -114,6 +120,27 @@ class Probe(threading.Thread):
                 self.failures += 1
             i += 1
             time.sleep(max(0.0, 0.02 - elapsed))
+
+
+async def _burst(port: int, path: str, body: bytes, count: int) -> None:
+    """`count` connections, each sending one request at once; waits for every answer."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    await asyncio.gather(*[one() for _ in range(count)])
+
+
+def burst(port: int, path: str, body_file: str, count: int) -> None:
+    asyncio.run(_burst(port, path, Path(body_file).read_bytes(), count))
 
 
 def statuses(port: int, path: str) -> dict[str, float]:
@@ -179,12 +206,22 @@ def main() -> None:
                 probe.start()
                 before = statuses(port, path)
                 wrk_flags = ["-t", "1", "-c", str(connections), "-d", f"{args.seconds:g}s"]
-                wrk = subprocess.run(
-                    ["wrk", *wrk_flags, "--timeout", "60s", "-s", str(script), url + path],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "BENCH_BODY": str(body_file)},
-                )
+                if connections < 0:  # a burst, from a process of its own
+                    code = (
+                        "import sys; sys.path.insert(0, sys.argv[1]); import loop_stall; "
+                        "loop_stall.burst(int(sys.argv[2]), sys.argv[3], sys.argv[4], "
+                        "int(sys.argv[5]))"
+                    )
+                    here = str(Path(__file__).resolve().parent)
+                    client = [sys.executable, "-c", code, here, str(port), path]
+                    subprocess.run([*client, str(body_file), str(-connections)], check=True)
+                else:
+                    subprocess.run(
+                        ["wrk", *wrk_flags, "--timeout", "60s", "-s", str(script), url + path],
+                        capture_output=True,
+                        text=True,
+                        env={**os.environ, "BENCH_BODY": str(body_file)},
+                    )
                 probe.stopping.set()
                 probe.join()
                 lat = np.array(probe.latencies) * 1000

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .batcher import Overloaded, ShuttingDown
 from .errors import error_body
 from .metrics import Metrics
 from .settings import Settings
@@ -73,6 +74,13 @@ async def send_pieces(send: Send, status: int, pieces: list[bytes], size: int) -
     pieces.clear()
 
 
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
 _timeout = getattr(asyncio, "timeout", None)  # wait_for costs a task per receive (profiled)
 
 
@@ -126,6 +134,9 @@ class EdgeMiddleware:
         # the app's route paths: metric labels come from this set only, so random paths
         # cannot grow a series each (63k series and a 10 s /metrics were measured)
         self.routes = routes
+        # Content-Length of the requests being read, parsed or answered: their bodies and what
+        # is parsed from them are in memory until the answer is sent
+        self.body_bytes_in_flight = 0
 
     def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -155,10 +166,31 @@ class EdgeMiddleware:
                         f"max_body_bytes {settings.max_body_bytes}"
                     ),
                 )
+            body = int(length)
+            if self.body_bytes_in_flight and (
+                self.body_bytes_in_flight + body > settings.max_body_bytes_in_flight
+            ):
+                return (
+                    429,
+                    "overloaded",
+                    (
+                        f"server busy: {self.body_bytes_in_flight} bytes of request bodies in "
+                        f"flight + {body} would exceed max_body_bytes_in_flight "
+                        f"{settings.max_body_bytes_in_flight}"
+                    ),
+                )
         elif scope["method"] == "POST" and "transfer-encoding" in headers:
             return 411, "length_required", "send Content-Length (chunked bodies are refused)"
         if getattr(self.state, "draining", False):
             return 503, "shutting_down", "server is shutting down"
+        batcher = getattr(self.state, "batcher", None)
+        if scope["method"] == "POST" and batcher is not None:
+            try:  # a full queue refuses before the body is read and parsed (bursts)
+                batcher.precheck(2)
+            except Overloaded as exc:
+                return 429, "overloaded", str(exc)
+            except ShuttingDown as exc:
+                return 503, "shutting_down", str(exc)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,9 +209,12 @@ class EdgeMiddleware:
                 status, started_response = message["status"], True
             await send(message)
 
+        held = 0
         try:
             refused = self.refusal(scope)
             if refused is None:
+                held = _content_length(scope)
+                self.body_bytes_in_flight += held
                 try:
                     await self.app(
                         scope, timed_receive(receive, self.settings.body_timeout_s), send_and_record
@@ -201,8 +236,10 @@ class EdgeMiddleware:
                     )
             else:
                 status, kind, message = refused
-                await send_json(send, status, error_body(kind, message))
+                headers = {"Retry-After": "1"} if status == 429 else None
+                await send_json(send, status, error_body(kind, message), headers)
         finally:
+            self.body_bytes_in_flight -= held
             if path not in UNCOUNTED:
                 self.metrics.requests.labels(route, str(status)).inc()
                 self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_inputs: int = Field(256, ge=1, description="inputs (or pairs) per request")
     max_input_chars: int = Field(20000, ge=1, description="characters per input")
     max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
+    max_body_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="bytes of all request bodies being read or answered at once (429 past "
+        "it; bounds the server's memory with max_response_bytes_in_flight)",
+    )
     max_top_k: int = Field(100, ge=1, description="largest top_k for /fill-mask")
     long_inputs: Literal["truncate", "chunk"] = Field(
         "truncate",
@@ -98,8 +104,8 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None,
-        description="when set, requests need 'Authorization: Bearer <key>' "
-        "(/health, /ready, /metrics stay open)",
+        description="when set, requests need 'Authorization: Bearer <key>', once (/health, "
+        "/ready, /metrics stay open; /docs and /openapi.json need it)",
     )
     warmup: bool = Field(True, description="run one batch through the model before /ready")
     log_level: str = Field("info", description="uvicorn log level")
