@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         64 * 1024 * 1024,
         ge=1024,
         description="bytes one answer may take (413 over it, estimated before the work; "
-        'base64 vectors take 40% of "float")',
+        'base64 vectors take 40 percent of "float")',
     )
     max_response_bytes_in_flight: int = Field(
         256 * 1024 * 1024,

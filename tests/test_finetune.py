@@ -312,7 +312,7 @@ def test_classify_options_and_errors(classifier_artifact, tiny_artifact):
     raw = answers[1][1]["data"][0]["labels"]
     assert len(raw) == 2 and raw[0]["score"] >= raw[1]["score"]
     assert "exceeds the model's 2 labels" in json.dumps(answers[2][1])
-    assert "257 inputs exceed max_inputs 256" in json.dumps(answers[5][1])
+    assert "257 items, over max_inputs 256" in json.dumps(answers[5][1])
     [(status, body)] = _classify(tiny_artifact, [{"inputs": "no head here"}])
     assert status == 424 and "no classifier head" in json.dumps(body)
 
