@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batcher import Overloaded, ShuttingDown
-from .errors import error_body
+from .errors import error_body, known_error
 from .metrics import Metrics
 from .settings import Settings
 
@@ -28,38 +28,31 @@ CLIENT_CLOSED = 499
 UNMATCHED = "unmatched"  # the one route label of every path the app has no route for
 
 
+def _json_head(status: int, size: int, headers: dict[str, str] | None = None) -> Message:
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(size).encode()),
+            *extra,
+        ],
+    }
+
+
 async def send_json(
     send: Send, status: int, content: bytes, headers: dict[str, str] | None = None
 ) -> None:
     """A whole JSON response in two ASGI messages."""
-    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                *extra,
-            ],
-        }
-    )
+    await send(_json_head(status, len(content), headers))
     await send({"type": "http.response.body", "body": content})
 
 
 async def send_pieces(send: Send, status: int, pieces: list[bytes], size: int) -> None:
     """A large JSON response written in pieces, sent in ~1 MB messages (no joined copy; the
     server waits for the client to read each before taking the next)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(size).encode()),
-            ],
-        }
-    )
+    await send(_json_head(status, size))
     chunk: list[bytes] = []
     filled = 0
     for index, piece in enumerate(pieces):
@@ -138,13 +131,13 @@ class EdgeMiddleware:
         # is parsed from them are in memory until the answer is sent
         self.body_bytes_in_flight = 0
 
-    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+    def refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         settings = self.settings
         if settings.api_key and scope["path"] not in OPEN_PATHS:
             if sum(k == b"authorization" for k, _ in scope["headers"]) > 1:
                 # which one counts differs between proxies and servers: refuse, do not pick
-                return 400, "invalid_request", "more than one Authorization header"
+                return 400, "invalid_request", "more than one Authorization header", {}
             auth = headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -152,11 +145,12 @@ class EdgeMiddleware:
                     401,
                     "unauthorized",
                     ("missing or wrong API key (send 'Authorization: Bearer <key>')"),
+                    {},
                 )
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
-                return 400, "invalid_request", "Content-Length is not a number"
+                return 400, "invalid_request", "Content-Length is not a number", {}
             if int(length) > settings.max_body_bytes:
                 return (
                     413,
@@ -165,6 +159,7 @@ class EdgeMiddleware:
                         f"request body of {length} bytes exceeds "
                         f"max_body_bytes {settings.max_body_bytes}"
                     ),
+                    {},
                 )
             body = int(length)
             if self.body_bytes_in_flight and (
@@ -178,19 +173,20 @@ class EdgeMiddleware:
                         f"flight + {body} would exceed max_body_bytes_in_flight "
                         f"{settings.max_body_bytes_in_flight}"
                     ),
+                    {"Retry-After": "1"},
                 )
         elif scope["method"] == "POST" and "transfer-encoding" in headers:
-            return 411, "length_required", "send Content-Length (chunked bodies are refused)"
+            return 411, "length_required", "send Content-Length (chunked bodies are refused)", {}
         if getattr(self.state, "draining", False):
-            return 503, "shutting_down", "server is shutting down"
+            return 503, "shutting_down", "server is shutting down", {}
         batcher = getattr(self.state, "batcher", None)
         if scope["method"] == "POST" and batcher is not None:
             try:  # a full queue refuses before the body is read and parsed (bursts)
                 batcher.precheck(2)
-            except Overloaded as exc:
-                return 429, "overloaded", str(exc)
-            except ShuttingDown as exc:
-                return 503, "shutting_down", str(exc)
+            except (Overloaded, ShuttingDown) as exc:
+                known = known_error(exc, self.metrics)  # the table every route answers by
+                assert known is not None
+                return known[0], known[1], str(exc), known[2]
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -235,8 +231,7 @@ class EdgeMiddleware:
                         send, status, error_body("internal_error", "internal server error")
                     )
             else:
-                status, kind, message = refused
-                headers = {"Retry-After": "1"} if status == 429 else None
+                status, kind, message, headers = refused
                 await send_json(send, status, error_body(kind, message), headers)
         finally:
             self.body_bytes_in_flight -= held
