@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .artifact import Artifact, load_artifact
 from .backend import Backend, OnnxBackend
@@ -27,6 +28,7 @@ from .metrics import Metrics
 from .responses import ResponseBudget
 from .route_docs import documented
 from .settings import Settings
+from .threads import worker_pool
 
 log = logging.getLogger("bertserve")
 
@@ -45,7 +47,7 @@ class ServiceApp(FastAPI):
     for a bug) and the hot path, which answers the POST routes itself: they never enter
     FastAPI's own layers (its telemetry check, error and body-limit middleware)."""
 
-    front: ASGIApp | None = None  # edge -> hot path -> FastAPI, set by create_app
+    front: EdgeMiddleware | None = None  # edge -> hot path -> FastAPI, set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.front is not None:
@@ -66,6 +68,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # asyncio.to_thread's threads (tokenizing, parsing, writing big answers) yield to the loop
+        asyncio.get_running_loop().set_default_executor(worker_pool(None, "bertserve-work"))
         loaded = artifact or load_artifact(settings.model)
         model = backend or OnnxBackend.for_settings(loaded, settings)
         batcher = Batcher(

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
         lifespan="on",
-        **uvicorn_http_options(settings),
+        **uvicorn_http_options(settings, app.front.immediate if app.front else None),
     )
     print(
         f"bert-serve: {artifact.name}: {backend.precision} on {backend.provider}, "

@@ -107,16 +107,20 @@ class Engine:
         truncate: bool = True,
         direction: str = "right",
         remedy: str = TRUNCATE_OR_SHORTEN,
+        with_tokens: bool = False,
     ) -> list[Tokenized]:
         """The texts tokenized: on the event loop when they are short (most requests: a hop
         to a thread costs more), else on a worker thread, where encode_batch lets go of the
         GIL (200 x 19,900 characters took ~1 s and held /health for seconds on the loop).
-        An overloaded queue is refused first, before the tokenizing is paid for."""
+        An overloaded queue is refused first, before the tokenizing is paid for.
+        `with_tokens`: the answer shows token strings and offsets."""
         self.batcher.precheck(2 * len(texts))  # every text is at least [CLS] [SEP]
         chars = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts)
         if chars <= OFF_LOOP_CHARS:
             return self.text.tokenize(texts, truncate, direction, remedy)
-        return await asyncio.to_thread(self.text.tokenize, texts, truncate, direction, remedy, True)
+        return await asyncio.to_thread(
+            self.text.tokenize, texts, truncate, direction, remedy, True, with_tokens
+        )
 
     async def run(
         self, tokenized: Sequence[Tokenized | Window], route: str
@@ -128,7 +132,7 @@ class Engine:
         try:
             results = await asyncio.gather(*futures)
         except BaseException:
-            state.cancelled = True  # the batcher drops our still-queued sequences
+            self.batcher.cancel(state)  # our still-queued sequences leave the queue now
             for future in futures:
                 future.cancel()
             raise

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .edge import probe_answer
 from .engine import Engine
 from .route_docs import ERRORS
 from .routes import ready_engine
@@ -35,23 +35,21 @@ api = APIRouter(responses=ERRORS)  # mounted: GET /info
 open_routes = APIRouter()
 
 
-def _probe(payload: dict[str, Any], ok: bool) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=200 if ok else 503, media_type="application/json"
-    )
+def _probe(request: Request) -> Response:
+    # bert-serve answers the probes in its HTTP protocol (edge.immediate); these routes answer
+    # them under any other ASGI server, and declare them in /docs
+    status, body = probe_answer(request.app.state, request.scope["path"])
+    return Response(body, status_code=status, media_type="application/json")
 
 
 @open_routes.get("/health")
 async def health(request: Request) -> Response:
-    batcher = getattr(request.app.state, "batcher", None)
-    alive = batcher is not None and batcher.alive
-    return _probe({"status": "ok" if alive else "down"}, alive)
+    return _probe(request)
 
 
 @open_routes.get("/ready")
 async def ready(request: Request) -> Response:
-    ok = bool(request.app.state.ready)
-    return _probe({"ready": ok}, ok)
+    return _probe(request)
 
 
 @open_routes.get("/metrics")

@@ -66,10 +66,12 @@ async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) 
     normalize = engine.artifact.normalize if body.normalize is None else body.normalize
     if (body.long_inputs or settings.long_inputs) == "chunk":
         return await chunked_payload(body, texts, engine, settings, pooling, normalize)
-    tokenized = await engine.tokenize(texts, body.truncate, body.truncation_direction)
-    tokens = sum(len(t.ids) for t in tokenized)
     want_sentence = body.output in ("sentence", "both")
     want_tokens = body.output in ("tokens", "both")
+    tokenized = await engine.tokenize(
+        texts, body.truncate, body.truncation_direction, with_tokens=want_tokens
+    )
+    tokens = sum(len(t.ids) for t in tokenized)
     if want_tokens:
         check_token_vectors(tokens, settings)
     estimate = embed_estimate(engine, body, len(texts), tokens if want_tokens else 0)
@@ -381,7 +383,7 @@ async def openai_payload(
 async def tokenize_payload(body: TokenizeRequest, engine: Engine, settings: Settings) -> Any:
     texts = texts_of(body.inputs)
     check_inputs(texts, settings)
-    tokenized = await engine.tokenize(texts, truncate=True)
+    tokenized = await engine.tokenize(texts, truncate=True, with_tokens=True)
     count = sum(len(t.ids) for t in tokenized)
     estimate = 100 + 60 * len(tokenized) + 40 * count + 2 * sum(len(t) for t in texts)
     engine.responses.reserve(estimate)

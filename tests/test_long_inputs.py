@@ -109,3 +109,41 @@ def test_window_limits_and_server_defaults(tiny_artifact):
         assert np.abs(a / np.linalg.norm(a) - b / np.linalg.norm(b)).max() <= 1e-5
 
     serve(tiny_artifact, check, long_inputs="chunk", max_chunks=4, max_input_chars=100_000)
+
+
+def test_the_truncated_flag_is_what_the_tokenizer_dropped(tiny_artifact):
+    """`truncated` is read from the kept tokens' offsets (encoding.overflowing, the library's
+    answer, held the GIL for 37% of the server's time under long texts): both must agree on
+    texts that fit, fit exactly, are cut, or end in what the tokenizer drops."""
+    artifact = load_artifact(tiny_artifact)
+    tokenizer = TextTokenizer(artifact.tokenizer_json, 16)
+    english = (DATA / "english.txt").read_text(encoding="utf-8").split("\n")[0]
+    chinese = (DATA / "chinese.txt").read_text(encoding="utf-8").split("\n")[0]
+    texts = [english, chinese, "", "a", f"{english[:200]}   \n\t ", f"{chinese[:40]}\x00\x01"]
+    for words in range(10, 20):  # around max_len exactly
+        texts.append(" ".join(english.split()[:words]))
+        texts.append(" ".join(english.split()[:words]) + " \u200b")
+    seen = set()
+    for direction in ("right", "left"):
+        cut = tokenizer.left if direction == "left" else tokenizer.right
+        for text, tokenized in zip(texts, tokenizer.tokenize(texts, True, direction), strict=True):
+            expected = bool(cut.encode(text).overflowing)
+            assert tokenized.truncated == expected, (direction, text)
+            seen.add(expected)
+    assert seen == {True, False}
+    pairs = [(english, chinese), ("a", "b")]
+    flags = [t.truncated for t in tokenizer.tokenize(pairs, True)]
+    assert flags == [True, False]
+    # tokenized on a worker thread, the encodings are let go of there: the same answer
+    for lazy, copied in zip(
+        tokenizer.tokenize(texts, True),
+        tokenizer.tokenize(texts, True, off_loop=True, with_tokens=True),
+        strict=True,
+    ):
+        assert copied.encoding is None
+        assert (lazy.tokens, lazy.offsets, lazy.truncated) == (
+            copied.tokens,
+            copied.offsets,
+            copied.truncated,
+        )
+        assert np.array_equal(lazy.ids, copied.ids)

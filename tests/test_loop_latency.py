@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -12,38 +14,50 @@ import numpy as np
 
 from tests.conftest import running_server, serve_command
 
+# 4 clients repeating 200 x 19,900 characters (3.98 MB, under max_body_bytes) for `seconds`,
+# from a process of their own, at a lower CPU priority: in this process they held the GIL the
+# probe thread needs, and at the server's priority they took its cores (2 here); clients of a
+# real server are on other machines. The probe measured them instead of the server.
+LOAD = """
+import sys, threading, time, httpx
 TEXT = "The committee reviewed the proposal in detail and asked for a revised budget. "
+body = ('{"inputs": [' + ",".join(['"' + (TEXT * 260)[:19_900] + '"'] * 200) + "]}").encode()
+url, seconds = sys.argv[1], float(sys.argv[2])
+stop, answered = time.monotonic() + seconds, []
+def client():
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while time.monotonic() < stop:
+            answered.append(http.post("/embed", content=body,
+                headers={"content-type": "application/json"}).status_code)
+threads = [threading.Thread(target=client) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(" ".join(map(str, answered)))
+"""
 
 
 def test_health_answers_within_100_ms_under_large_requests(tiny_artifact):
-    body = {"inputs": [(TEXT * 260)[:19_900]] * 200}  # 3.98 MB, under max_body_bytes
     with running_server(serve_command(tiny_artifact)) as (url, _):
-        stop = time.monotonic() + 8
-        answered: list[int] = []
-
-        def client() -> None:
-            with httpx.Client(base_url=url, timeout=60) as http:
-                while time.monotonic() < stop:
-                    answered.append(http.post("/embed", json=body).status_code)
-
-        clients = [threading.Thread(target=client) for _ in range(4)]
-        for thread in clients:
-            thread.start()
-        time.sleep(1)  # the clients' first requests are in
+        load = subprocess.Popen(
+            [sys.executable, "-c", LOAD, url, "9"],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.nice(10),
+        )
+        time.sleep(1.5)  # the clients' first requests are in
         latencies = []
         with httpx.Client(base_url=url, timeout=30) as probe:
-            while time.monotonic() < stop:
+            while load.poll() is None and len(latencies) < 400:
                 started = time.perf_counter()
                 assert probe.get("/health").status_code == 200
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.02)
-        for thread in clients:
-            thread.join()
+        answered = [int(s) for s in load.communicate(timeout=120)[0].split()]
     p99 = float(np.percentile(latencies, 99))
     assert answered and set(answered) <= {200, 429}, set(answered)
     assert answered.count(200) >= 4  # the load was real work, not refusals
-    # before: seconds. Here the clients and the server share 2 cores with pytest and the tiny
-    # model answers fast (so tokenizing never stops): measured p99 100-145 ms; with wrk in C
-    # and MiniLM (bench/loop_stall.py) 26 ms. The bound leaves that margin, well under the
-    # 2 s probe timeout of deploy/kubernetes.yaml.
-    assert p99 <= 0.25, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
+    # before: seconds. The tiny model answers fast, so tokenizing never stops; with wrk (in C)
+    # and MiniLM bench/loop_stall.py measures p99 9-24 ms. The bound is the issue's, 10x the
+    # idle p99, half the probe timeout of deploy/kubernetes.yaml (2 s) over 20.
+    print(f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes")
+    assert p99 <= 0.1, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"

@@ -128,3 +128,99 @@ def test_every_post_route_has_one_path_and_a_docs_entry(tmp_path):
     for path, (schema, _) in POST_ROUTES.items():
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"]["$ref"].endswith(f"/{schema.__name__}"), path
+
+
+def _gone_request(body: bytes, parts: int, gone_after_s: float, sends_all: bool = True):
+    """scope, receive and send of a client that sends `body` (in `parts`; or only the first
+    half of it) and then goes away `gone_after_s` later."""
+    length = len(body)
+    if not sends_all:
+        body = body[: length // 2]
+    step = -(-len(body) // parts)
+    messages = [
+        {
+            "type": "http.request",
+            "body": body[i : i + step],
+            "more_body": not sends_all or i + step < len(body),
+        }
+        for i in range(0, len(body), step)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(gone_after_s)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/embed",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(length).encode()),
+        ],
+        "query_string": b"",
+    }
+    return scope, receive, send, sent
+
+
+def test_a_gone_request_leaves_nothing_queued_whatever_its_phase(tmp_path):
+    """Issue 29: 10 clients gone after 50 ms left their sequences queued for 0.65 s, not counted.
+    Reading: nothing was queued. Tokenizing (a long text, on a worker thread): nothing gets
+    queued. Queued behind a 1 s model call: its sequences leave the queue at once, counted."""
+    artifact = fake_artifact(tmp_path)
+    settings = Settings(
+        model=tmp_path, threads=1, precision="fp32", max_batch_size=1, max_wait_ms=0
+    )
+    backend = CountingBackend(FakeBackend(artifact))
+    app = create_app(settings, backend, artifact)
+    long_text = "word " * 2000  # over the characters tokenized on the loop: a worker thread
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            batcher = app.state.batcher
+            cancelled = batcher.metrics.rejected.labels("cancelled")
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                backend.delay_s = 1.0
+                blocker = asyncio.create_task(client.post("/embed", json={"inputs": ["x"]}))
+                await asyncio.sleep(0.1)  # its one call holds the only model thread for 1 s
+                calls = backend.calls
+                phases = {
+                    "reading": (json.dumps({"inputs": ["a"] * 5}).encode(), 3, 0.0),
+                    "tokenizing": (json.dumps({"inputs": [long_text] * 5}).encode(), 1, 0.0),
+                    "queued": (json.dumps({"inputs": ["a", "b", "c", "d", "e"]}).encode(), 1, 0.05),
+                }
+                for phase, (body, parts, after_s) in phases.items():
+                    # reading: the client leaves mid-body
+                    scope, receive, send, sent = _gone_request(
+                        body, parts, after_s, sends_all=phase != "reading"
+                    )
+                    before = cancelled._value.get()
+                    started = asyncio.get_running_loop().time()
+                    await app(scope, receive, send)
+                    elapsed = asyncio.get_running_loop().time() - started
+                    assert not sent, phase  # nobody to answer
+                    assert elapsed < 0.5, (phase, elapsed)  # not held until the model is free
+                    # nothing of it is left in the queue, the admission budget or the gauge
+                    assert batcher.queue == [] and batcher.queued_tokens == 0, phase
+                    assert batcher.metrics.queue_depth._value.get() == 0, phase
+                    dropped = cancelled._value.get() - before
+                    # queued: all but the one already handed to the (busy) model thread, which
+                    # skips it when it gets there
+                    assert dropped == (4 if phase == "queued" else 0), (phase, dropped)
+                total = cancelled._value.get()
+                assert (await blocker).status_code == 200
+                await asyncio.sleep(0.1)
+                assert cancelled._value.get() - total == 1  # the handed-off one, skipped
+                assert backend.calls == calls  # none of the gone requests' sequences ran
+                metrics = (await client.get("/metrics")).text
+        assert 'bertserve_requests_total{route="/embed",status="499"} 3.0' in metrics
+        assert 'status="500"' not in metrics
+
+    asyncio.run(main())
