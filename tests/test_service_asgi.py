@@ -15,6 +15,45 @@ from tests.fakes import CountingBackend, FakeBackend, fake_artifact
 from tests.test_service import _sample
 
 
+def _gone_request(body: bytes, parts: int, gone_after_s: float, sends_all: bool = True):
+    """scope, receive and send of a client that sends `body` (in `parts`; or only the first
+    half of it) and then goes away `gone_after_s` later."""
+    length = len(body)
+    if not sends_all:
+        body = body[: length // 2]
+    step = -(-len(body) // parts)
+    messages = [
+        {
+            "type": "http.request",
+            "body": body[i : i + step],
+            "more_body": not sends_all or i + step < len(body),
+        }
+        for i in range(0, len(body), step)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(gone_after_s)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/embed",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(length).encode()),
+        ],
+        "query_string": b"",
+    }
+    return scope, receive, send, sent
+
+
 def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
     artifact = fake_artifact(tmp_path)
     settings = Settings(
@@ -32,29 +71,7 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
                 blocker = asyncio.create_task(client.post("/embed", json={"inputs": ["x"] * 4}))
                 await asyncio.sleep(0.05)
                 calls_before = backend.calls
-                messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-                async def receive() -> dict[str, Any]:
-                    if messages:
-                        return messages.pop(0)
-                    await asyncio.sleep(0.05)  # the client gives up 50 ms in
-                    return {"type": "http.disconnect"}
-
-                sent: list[dict[str, Any]] = []
-
-                async def send(message: dict[str, Any]) -> None:
-                    sent.append(message)
-
-                scope = {
-                    "type": "http",
-                    "method": "POST",
-                    "path": "/embed",
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                    "query_string": b"",
-                }
+                scope, receive, send, sent = _gone_request(body, 1, 0.05)  # gone 50 ms in
                 await app(scope, receive, send)
                 assert (await blocker).status_code == 200
                 metrics = (await client.get("/metrics")).text
@@ -128,45 +145,6 @@ def test_every_post_route_has_one_path_and_a_docs_entry(tmp_path):
     for path, (schema, _) in POST_ROUTES.items():
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"]["$ref"].endswith(f"/{schema.__name__}"), path
-
-
-def _gone_request(body: bytes, parts: int, gone_after_s: float, sends_all: bool = True):
-    """scope, receive and send of a client that sends `body` (in `parts`; or only the first
-    half of it) and then goes away `gone_after_s` later."""
-    length = len(body)
-    if not sends_all:
-        body = body[: length // 2]
-    step = -(-len(body) // parts)
-    messages = [
-        {
-            "type": "http.request",
-            "body": body[i : i + step],
-            "more_body": not sends_all or i + step < len(body),
-        }
-        for i in range(0, len(body), step)
-    ]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(gone_after_s)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/embed",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(length).encode()),
-        ],
-        "query_string": b"",
-    }
-    return scope, receive, send, sent
 
 
 def test_a_gone_request_leaves_nothing_queued_whatever_its_phase(tmp_path):
