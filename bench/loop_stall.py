@@ -95,6 +95,7 @@ class Probe(threading.Thread):
         super().__init__(daemon=True)
         self.port = port
         self.latencies: list[float] = []
+        self.started: list[float] = []  # time.monotonic() at each answered probe's start
         self.failures = 0
         self.stopping = threading.Event()
 
@@ -116,6 +117,7 @@ class Probe(threading.Thread):
             elapsed = time.perf_counter() - started
             if ok:
                 self.latencies.append(elapsed)
+                self.started.append(time.monotonic() - elapsed)
             else:
                 self.failures += 1
             i += 1

@@ -163,7 +163,7 @@ class Engine:
         self.check_dimensions(dimensions)
         self.batcher.precheck(2 * len(texts))  # cheap: before any tokenizing
         if sum(len(t) for t in texts) > OFF_LOOP_CHARS:
-            longs = await asyncio.to_thread(self.text.windows, texts, stride, max_chunks)
+            longs = await asyncio.to_thread(self.text.windows, texts, stride, max_chunks, True)
         else:
             longs = self.text.windows(texts, stride, max_chunks)
         estimate = before_run(longs)

@@ -119,14 +119,14 @@ class TextTokenizer:
         19,900-character texts holds the GIL for 37 ms, 220 ms measured under load, and it
         would happen on the event loop when the request ends."""
         tokenizer = (self.left if direction == "left" else self.right) if truncate else self.full
-        if len(texts) == 1 and not off_loop:  # encode_batch hands one text to its pool
-            first = texts[0]
-            if isinstance(first, str):
-                encodings = [tokenizer.encode(first)]
-            else:
-                encodings = [tokenizer.encode(first[0], first[1])]
-        else:
+        if off_loop:
             encodings = tokenizer.encode_batch(texts)
+        else:  # never the shared pool of encode_batch: behind a long batch there, the loop
+            # waited 1.1 s for 16 sentences (a one-text batch is slower than encode anyway)
+            encodings = [
+                tokenizer.encode(t) if isinstance(t, str) else tokenizer.encode(t[0], t[1])
+                for t in texts
+            ]
         if not truncate:
             for index, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_len:
@@ -161,16 +161,23 @@ class TextTokenizer:
                 return True
         return False
 
-    def windows(self, texts: list[str], stride: int, max_chunks: int) -> list[LongText]:
+    def windows(
+        self, texts: list[str], stride: int, max_chunks: int, off_loop: bool = False
+    ) -> list[LongText]:
         """For each text, overlapping windows of max_len tokens ([CLS] ... [SEP]) covering it,
         each starting `stride` content tokens after the previous one, the last one ending at
-        the text's end. One encode_batch (it lets go of the GIL)."""
+        the text's end. `off_loop`: one encode_batch (it lets go of the GIL), else encode."""
         cls_id = self.full.token_to_id("[CLS]")
         sep_id = self.full.token_to_id("[SEP]")
         assert cls_id is not None and sep_id is not None
         span = self.max_len - 2
         longs = []
-        for index, encoding in enumerate(self.full.encode_batch(texts, add_special_tokens=False)):
+        encodings = (
+            self.full.encode_batch(texts, add_special_tokens=False)
+            if off_loop
+            else [self.full.encode(t, add_special_tokens=False) for t in texts]
+        )
+        for index, encoding in enumerate(encodings):
             n = len(encoding.ids)
             last = max(n - span, 0)
             starts = [*range(0, last, stride), last]
