@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT.parent / "shared" / "corpora"
 sys.path.insert(0, str(ROOT))
 
-from bertserve.training.task_report import classification_report  # noqa: E402
+from bertserve.training.finetune.report import classification_report  # noqa: E402
 
 WSDM_LABELS = ["agreed", "disagreed", "unrelated"]
 WSDM_WEIGHTS = [1 / 15, 1 / 5, 1 / 16]
@@ -102,14 +102,14 @@ def tfidf_baseline(train: list, test: list) -> list[str]:
 
 def ours(model: Path, train: list, test: list, labels: list[str], weights: list[float] | None,
          work: Path, args: argparse.Namespace) -> tuple[list[str], float]:  # fmt: skip
-    from bertserve.training.classifier import load_classifier
-    from bertserve.training.finetune import encode, predict
-    from bertserve.training.task_data import Examples
+    from bertserve.training.finetune.classifier import load_classifier
+    from bertserve.training.finetune.classify import encode, predict
+    from bertserve.training.finetune.data import Examples
     from bertserve.training.tokenizer import load_tokenizer
 
     train_file = write(work / "train.csv", train)
     cmd = [
-        sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress",
+        sys.executable, "-m", "bertserve.training.finetune.cli", "--no-progress",
         "--from", str(model), "--train", str(train_file), "--out", str(work / "model"),
         "--text-a", "a", "--text-b", "b", "--label", "label", "--labels", ",".join(labels),
         "--epochs", "20", "--time-budget", args.finetune_budget, "--lr", str(args.lr),

@@ -65,7 +65,7 @@ def cpu_flags() -> str:
 def ours(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
     """(wall seconds, test Spearman) of bert-finetune."""
     cmd = [
-        sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress",
+        sys.executable, "-m", "bertserve.training.finetune.cli", "--no-progress",
         "--from", str(model), "--train", str(STS / "sts-train.csv"),
         "--eval", str(STS / "sts-dev.csv"), "--out", str(out),
         "--delimiter", "tab", "--no-header", "--text-a", "5", "--text-b", "6", "--label", "4",
@@ -76,9 +76,9 @@ def ours(model: Path, out: Path, args: argparse.Namespace) -> tuple[float, float
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    from bertserve.training.classifier import load_classifier
-    from bertserve.training.finetune import encode, predict
-    from bertserve.training.task_data import Examples
+    from bertserve.training.finetune.classifier import load_classifier
+    from bertserve.training.finetune.classify import encode, predict
+    from bertserve.training.finetune.data import Examples
     from bertserve.training.tokenizer import load_tokenizer
 
     test = read_sts("sts-test.csv")

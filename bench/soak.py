@@ -6,9 +6,12 @@ chars, /fill-mask 64 inputs x 10 [MASK] x top_k 20), while /health is probed eve
 
     python bench/soak.py --artifact runs/minilm [--minutes 30] [--warmup-minutes 5]
 
-Prints the server's RSS every minute and, after the warm-up: RSS min / max / last and the
-spread (max / min - 1; target <= 10%), the answers by status (no 5xx), the large requests'
-statuses, and the probe's p99. Writes the samples with --json.
+Prints the server's RSS every minute and, after the warm-up: RSS min / max / last of samples
+every 5 s (they include large requests in flight, which hold their own memory), and of the RSS
+just before each large request (the memory between them, which a leak would make grow): its
+spread (max / min - 1) and drift (mean of the last half / first half - 1), target within 10%;
+the answers by status (no 5xx), the large requests' statuses, and the probe's p99. Writes the
+samples with --json.
 """
 
 from __future__ import annotations
@@ -49,16 +52,25 @@ def large_requests(fill_mask: bool) -> list[tuple[str, bytes]]:
 class Large(threading.Thread):
     """One large request every `every_s` seconds, in turn, on its own connection."""
 
-    def __init__(self, port: int, requests: list[tuple[str, bytes]], every_s: float) -> None:
+    def __init__(
+        self, port: int, pid: int, requests: list[tuple[str, bytes]], every_s: float
+    ) -> None:
         super().__init__(daemon=True)
-        self.port, self.requests, self.every_s = port, requests, every_s
+        self.port, self.pid, self.requests, self.every_s = port, pid, requests, every_s
         self.answers: dict[str, int] = {}
+        # (seconds since the first, RSS MiB) just before each large request: the server's
+        # memory between large requests, which a leak would make grow
+        self.baseline: list[tuple[float, float]] = []
+        self.first: float | None = None
         self.stopping = threading.Event()
 
     def run(self) -> None:
         i = 0
         while not self.stopping.wait(self.every_s if i else 1.0):
             path, body = self.requests[i % len(self.requests)]
+            now = time.monotonic()
+            self.first = now if self.first is None else self.first
+            self.baseline.append((now - self.first, rss_mib(self.pid)))
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
             try:
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
@@ -126,7 +138,7 @@ def main() -> None:
                 stdout=subprocess.PIPE, text=True,
                 env={**os.environ, "BENCH_BODY": str(body_file)},
             )  # fmt: skip
-            large = Large(port, large_requests(fill_mask), args.every_s)
+            large = Large(port, server.pid, large_requests(fill_mask), args.every_s)
             large_started = time.monotonic()
             probe = Probe(port)
             probe.start()
@@ -149,6 +161,8 @@ def main() -> None:
     finally:
         stop(server)
     after = np.array([rss for t, rss in samples if t >= args.warmup_minutes * 60])
+    base = np.array([rss for t, rss in large.baseline if t >= args.warmup_minutes * 60])
+    half = len(base) // 2
     lat = np.array(probe.latencies) * 1000
     result = {
         "minutes": args.minutes,
@@ -157,6 +171,12 @@ def main() -> None:
         "rss_max_mib": float(after.max()),
         "rss_last_mib": float(after[-1]),
         "rss_spread": float(after.max() / after.min() - 1),
+        # between large requests: the spread, and the mean of the last half over the first
+        "baseline_min_mib": float(base.min()),
+        "baseline_max_mib": float(base.max()),
+        "baseline_spread": float(base.max() / base.min() - 1),
+        "baseline_drift": float(base[half:].mean() / base[:half].mean() - 1),
+        "baseline": large.baseline,
         "statuses": statuses,
         "large_answers": large.answers,
         "probe_p99_ms": float(np.percentile(lat, 99)),
@@ -168,9 +188,15 @@ def main() -> None:
         "samples": samples,
     }
     print(
-        f"after {args.warmup_minutes:g} min warm-up: RSS min {result['rss_min_mib']:.0f}, max "
-        f"{result['rss_max_mib']:.0f}, last {result['rss_last_mib']:.0f} MiB; spread "
-        f"{result['rss_spread'] * 100:.1f}% (target <= 10%)"
+        f"after {args.warmup_minutes:g} min warm-up, every 5 s: RSS min {result['rss_min_mib']:.0f}"
+        f", max {result['rss_max_mib']:.0f}, last {result['rss_last_mib']:.0f} MiB (a large "
+        "request in flight holds its own memory)"
+    )
+    print(
+        f"between large requests ({len(base)}): RSS min {result['baseline_min_mib']:.0f}, max "
+        f"{result['baseline_max_mib']:.0f} MiB, spread {result['baseline_spread'] * 100:.1f}%, "
+        f"drift (last half / first half) {result['baseline_drift'] * 100:+.1f}% "
+        "(target: within 10%)"
     )
     print(f"answers by status: {statuses}")
     print(f"large requests: {large.answers}")

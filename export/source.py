@@ -47,6 +47,9 @@ class Source:
     classifier: torch.nn.Linear | None = None
     labels: list[str] | None = None
     problem_type: str | None = None
+    # an embedding model trained with MatryoshkaLoss (bert-finetune --task embedding): the
+    # cut sizes it was trained at, from bertserve_embedding.json
+    matryoshka_dims: list[int] | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,7 +173,20 @@ def load_source(path: Path) -> Source:
         classifier,
         labels,
         problem_type,
+        _matryoshka_dims(path),
     )
+
+
+def _matryoshka_dims(path: Path) -> list[int] | None:
+    training = path / "bertserve_embedding.json"
+    if not training.is_file():
+        return None
+    dims = _read_json(training).get("matryoshka_dims")
+    if dims is None:
+        return None
+    if not isinstance(dims, list) or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise SourceError(f"{training}: matryoshka_dims must be a list of positive integers")
+    return dims
 
 
 def _classifier_head(

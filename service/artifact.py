@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -73,6 +73,8 @@ class Manifest(_Loose):
     # a sequence classifier's class names in id order (one name for regression)
     labels: list[str] | None = Field(None, min_length=1)
     problem_type: Literal["single_label_classification", "regression"] | None = None
+    # the `dimensions` an embedding model was trained to be cut to (MatryoshkaLoss)
+    matryoshka_dims: list[Annotated[StrictInt, Field(gt=0)]] | None = None
 
 
 def _first_problem(exc: ValidationError) -> str:
@@ -114,6 +116,11 @@ class Artifact:
     @property
     def normalize(self) -> bool:
         return bool(self.manifest.get("normalize", True))
+
+    @property
+    def matryoshka_dims(self) -> list[int] | None:
+        dims = self.manifest.get("matryoshka_dims")
+        return [int(d) for d in dims] if dims else None
 
     @property
     def hidden_size(self) -> int:

@@ -247,8 +247,10 @@ class Engine:
     def check_dimensions(self, dimensions: int | None) -> None:
         hidden = self.artifact.hidden_size
         if dimensions is not None and not 1 <= dimensions <= hidden:
+            trained = self.artifact.matryoshka_dims
             raise InvalidInput(
                 f"dimensions {dimensions} must be between 1 and the model's hidden size {hidden}"
+                + (f" (trained for {', '.join(map(str, trained))})" if trained else "")
             )
 
     @staticmethod

@@ -75,6 +75,8 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
         "max_seq_len": engine.artifact.max_seq_len,
         "pooling": engine.artifact.pooling,
         "normalize": engine.artifact.normalize,
+        # `dimensions` the model was trained to be cut to; others work, less well
+        "matryoshka_dims": engine.artifact.matryoshka_dims,
         "capabilities": {
             "embed": True,
             "pooler": engine.backend.has_pooler,

@@ -59,7 +59,7 @@ def _write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...])
 
 
 def _finetune(*args: str, check: bool = True, timeout: float = 300):  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress", *args]
+    cmd = [sys.executable, "-m", "bertserve.training.finetune.cli", "--no-progress", *args]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -110,9 +110,9 @@ def test_a_pair_task_is_learned_and_reported(finetuned):
 
 def test_transformers_loads_the_folder_strictly_with_equal_logits(finetuned):
     transformers = pytest.importorskip("transformers")
-    from bertserve.training.classifier import load_classifier
-    from bertserve.training.finetune import collate, encode
-    from bertserve.training.task_data import Examples
+    from bertserve.training.finetune.classifier import load_classifier
+    from bertserve.training.finetune.classify import collate, encode
+    from bertserve.training.finetune.data import Examples
     from bertserve.training.tokenizer import load_tokenizer
 
     theirs, info = transformers.BertForSequenceClassification.from_pretrained(
@@ -151,7 +151,7 @@ def test_sigkill_then_resume_repeats_the_losses(trained_checkpoint, task_files, 
     assert sorted(expected) == list(range(1, 41))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "bertserve.training.finetune_cli", "--no-progress"]
+    cmd = [sys.executable, "-m", "bertserve.training.finetune.cli", "--no-progress"]
     proc = subprocess.Popen(
         [*cmd, *common, "--out", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, env={**os.environ},

@@ -145,7 +145,7 @@ def test_the_gpu_install_pulls_one_onnxruntime():
 
 
 @pytest.mark.parametrize(
-    "module", ["bertserve.training.cli", "bertserve.training.finetune_cli", "bertserve.export.cli"]
+    "module", ["bertserve.training.cli", "bertserve.training.finetune.cli", "bertserve.export.cli"]
 )
 def test_command_help_shows_each_real_default_once(module):
     """Every option with a value default says it (argparse prints nothing for an option without

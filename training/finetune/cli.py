@@ -1,5 +1,6 @@
 """`bert-finetune`: any BERT folder + a labelled CSV/TSV/JSONL -> a BertForSequenceClassification
-folder (Hugging Face layout) with its evaluation report.
+folder (Hugging Face layout) with its evaluation report; with `--task embedding`, a
+sentence-embedding model trained contrastively, as a sentence-transformers folder.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 internal error.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from bertserve.commands import DefaultsHelpFormatter, refuse_missing_extra, run_command
 
-from .config import parse_duration
+from ..config import parse_duration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bert-finetune",
         description=(
             "Fine-tune a BERT (a bert-pretrain run, or any Hugging Face or sentence-transformers "
-            "BERT folder) for a sentence or sentence-pair task."
+            "BERT folder) for a sentence or sentence-pair task, or into a sentence-embedding "
+            "model (--task embedding)."
         ),
         formatter_class=DefaultsHelpFormatter,
     )
@@ -32,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     cols.add_argument("--text", help="the text of a single-text task")
     cols.add_argument("--text-a", help="the first text of a pair")
     cols.add_argument("--text-b", help="the second text of a pair")
-    cols.add_argument("--label", help="the label (or score, for regression)")
+    cols.add_argument("--label", help="the label (or score, for regression and cosent)")
+    cols.add_argument("--text-neg", help="embedding, mnrl: a hard negative for each pair")
+    cols.add_argument("--eval-text-a", help="the --eval file's first text, if named otherwise")
+    cols.add_argument("--eval-text-b", help="the --eval file's second text")
+    cols.add_argument("--eval-label", help="the --eval file's score")
     data = p.add_argument_group("data")
-    data.add_argument("--task", choices=["classification", "regression"], default="classification")
+    data.add_argument(
+        "--task", choices=["classification", "regression", "embedding"], default="classification"
+    )
     data.add_argument("--labels", help="comma-separated class order (default: sorted)")
     data.add_argument(
         "--delimiter", help="tab, comma, semicolon, pipe or one character (default: extension)"
@@ -44,6 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--eval-fraction", type=float, default=0.1)
     data.add_argument("--max-seq-len", type=int, default=128, help="pairs: longest-first cut")
+    emb = p.add_argument_group("embedding (--task embedding)")
+    emb.add_argument(
+        "--loss",
+        choices=["mnrl", "cosent", "simcse"],
+        default="mnrl",
+        help="mnrl: in-batch negatives on pairs; cosent: scored pairs; simcse: one text column",
+    )
+    emb.add_argument("--scale", type=float, default=20.0, help="cosine x scale (1/temperature)")
+    emb.add_argument("--symmetric", action="store_true", help="mnrl: positives rank anchors too")
+    emb.add_argument("--min-score", type=float, help="mnrl with --label: keep pairs scored >= this")
+    emb.add_argument(
+        "--matryoshka-dims", help="e.g. 384,256,128,64: the loss summed over cut embeddings"
+    )
+    emb.add_argument(
+        "--mini-batch-size",
+        type=int,
+        help="gradient cache: --batch-size negatives, memory of this many (cached MNRL)",
+    )
+    emb.add_argument("--pooling", choices=["mean", "cls"], help="default: the source's, else mean")
+    emb.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalize embeddings (default: the source's, else off)",
+    )
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=float, default=3.0)
     opt.add_argument("--time-budget", metavar="DURATION", help="wall clock, e.g. 10m")
@@ -75,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .finetune import FinetuneConfig
+    from .classify import FinetuneConfig
 
     if args.resume:
         saved = Path(args.out) / "finetune_config.json"
@@ -84,8 +118,10 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         values = json.loads(saved.read_text(encoding="utf-8"))
         values["progress"] = args.progress
         return FinetuneConfig(**values)
-    absent = [flag for flag, value in (("--from", args.model), ("--train", args.train),
-              ("--label", args.label)) if value is None]  # fmt: skip
+    needs_label = args.task != "embedding"
+    absent = [flag for flag, value, needed in (("--from", args.model, True),
+              ("--train", args.train, True), ("--label", args.label, needs_label))
+              if needed and value is None]  # fmt: skip
     if absent:
         raise ValueError(f"{', '.join(absent)} required (or --resume --out DIR)")
     if bool(args.text) == bool(args.text_a):
@@ -113,34 +149,36 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             raise ValueError("--class-weights must be comma-separated numbers") from None
         if any(w <= 0 for w in weights):
             raise ValueError("--class-weights must be positive")
-    if args.task == "regression" and (weights or args.labels):
+    if args.task != "classification" and (weights or args.labels):
         raise ValueError("--labels and --class-weights are for classification")
+    dims = None
+    if args.matryoshka_dims:
+        try:
+            dims = [int(d) for d in args.matryoshka_dims.split(",")]
+        except ValueError:
+            raise ValueError("--matryoshka-dims must be comma-separated integers") from None
+    embedding_only = {
+        "--text-neg": args.text_neg,
+        "--min-score": args.min_score,
+        "--matryoshka-dims": dims,
+        "--mini-batch-size": args.mini_batch_size,
+        "--pooling": args.pooling,
+        "--normalize": args.normalize,
+    }
+    given = [flag for flag, value in embedding_only.items() if value is not None]
+    if args.task != "embedding" and given:
+        raise ValueError(f"{', '.join(given)}: for --task embedding")
+    # the flags named as the config's fields, then those that take parsing
+    same = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if hasattr(args, f.name)}
     return FinetuneConfig(
-        model=args.model,
-        train=args.train,
-        out=args.out,
-        text_a=args.text or args.text_a,
-        text_b=args.text_b,
-        label=args.label,
-        eval=args.eval,
-        task=args.task,
-        labels=[x.strip() for x in args.labels.split(",")] if args.labels else None,
-        delimiter=args.delimiter,
-        header=args.header,
-        eval_fraction=args.eval_fraction,
-        epochs=args.epochs,
-        time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len,
-        warmup_fraction=args.warmup_fraction,
-        weight_decay=args.weight_decay,
-        dropout=args.dropout,
-        class_weights=weights,
-        eval_every=args.eval_every,
-        bf16=args.bf16,
-        seed=args.seed,
-        progress=args.progress,
+        **{
+            **same,
+            "text_a": args.text or args.text_a,
+            "labels": [x.strip() for x in args.labels.split(",")] if args.labels else None,
+            "time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
+            "class_weights": weights,
+            "matryoshka_dims": dims,
+        }
     )
 
 
@@ -148,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if refuse_missing_extra("bert-finetune"):
         return 2
-    from .checkpoint import CheckpointError
-    from .finetune import finetune
+    from ..checkpoint import CheckpointError
+    from .classify import finetune
+    from .embedding import finetune_embedding
+
+    def run() -> object:
+        cfg = config_from_args(args)
+        train = finetune_embedding if cfg.task == "embedding" else finetune
+        return train(cfg, resume=args.resume, overwrite=args.overwrite)
 
     return run_command(
         "bert-finetune",
-        lambda: finetune(config_from_args(args), resume=args.resume, overwrite=args.overwrite),
+        run,
         (CheckpointError, ValueError, FileNotFoundError),
         interrupted="continue with --resume",
         output=Path(args.out),

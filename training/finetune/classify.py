@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
-from . import checkpoint as ckpt
-from . import run_dir
+from .. import checkpoint as ckpt
+from .. import run_dir
+from ..io import write_text_atomic
+from ..optim import adamw
+from ..precision import autocast, use_bf16
+from ..tokenizer import load_tokenizer, save_tokenizer
 from .classifier import REGRESSION, SINGLE_LABEL, BertForSequenceClassification, from_pretrained
-from .io import trim_log, write_text_atomic
-from .optim import adamw
-from .precision import autocast, use_bf16
-from .task_data import (
+from .data import (
     Columns,
     Examples,
     TaskDataError,
@@ -41,12 +40,10 @@ from .task_data import (
     label_names,
     read_examples,
 )
-from .task_report import classification_report, headline, plot_report, regression_report
-from .tokenizer import load_tokenizer, save_tokenizer
+from .loop import LAST, REPORT, train_loop
+from .report import classification_report, headline, regression_report
 
 MARKER = "finetune_config.json"
-LAST = "last"  # OUT/last: the latest weights and training state, for --resume
-REPORT = "eval_report.json"
 RUN = run_dir.RunKind(  # what a bert-finetune run writes (run_dir.py keeps to it)
     MARKER,
     frozenset(
@@ -73,7 +70,7 @@ class FinetuneConfig:
     train: str
     out: str
     text_a: str  # column (name or 0-based index); the only text for single-text tasks
-    label: str
+    label: str | None = None  # class or score; for embedding losses, the pair's score
     text_b: str | None = None  # the second text of a pair
     eval: str | None = None
     task: str = "classification"  # or "regression"
@@ -94,6 +91,19 @@ class FinetuneConfig:
     bf16: str = "auto"  # autocast for training steps: on, off, auto (CPUs with native bf16)
     seed: int = 0
     progress: bool = True
+    # --task embedding (embedding.py)
+    loss: str = "mnrl"  # mnrl, cosent or simcse
+    text_neg: str | None = None  # mnrl: a hard negative column
+    scale: float = 20.0  # mnrl, cosent, simcse: cosine similarity x scale
+    symmetric: bool = False  # mnrl: positives rank anchors too
+    min_score: float | None = None  # mnrl with --label: pairs scored below this are dropped
+    matryoshka_dims: list[int] | None = None  # descending; the loss summed over cut vectors
+    mini_batch_size: int | None = None  # gradient cache: memory follows this, not batch_size
+    pooling: str | None = None  # mean or cls; default: the source folder's, else mean
+    normalize: bool | None = None  # default: the source folder's, else off
+    eval_text_a: str | None = None  # the evaluation file's columns, where they differ
+    eval_text_b: str | None = None
+    eval_label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -117,6 +127,7 @@ class Task:
 
 def load_task(cfg: FinetuneConfig) -> Task:
     """Reads and checks both files; raises TaskDataError before anything is written."""
+    assert cfg.label is not None, "classification and regression need --label"
     columns = Columns(cfg.text_a, cfg.text_b, cfg.label)
     train_path = Path(cfg.train)
     train = read_examples(train_path, columns, cfg.delimiter, cfg.header)
@@ -157,15 +168,15 @@ def load_task(cfg: FinetuneConfig) -> Task:
     )
 
 
-def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool, kind: run_dir.RunKind = RUN) -> None:
     """OUT is new or empty; a previous run there needs --resume or --overwrite, which removes
     only that run's files; a folder with anything else in it is refused (run_dir.py)."""
     if resume:
         if not (out / LAST / ckpt.STATE_FILE).is_file():
             raise FinetuneError(f"--resume: {out} holds no saved state ({LAST}/) to resume from")
         return
-    run_dir.check_new_run(out, overwrite, RUN)
-    run_dir.clear_run(out, RUN)
+    run_dir.check_new_run(out, overwrite, kind)
+    run_dir.clear_run(out, kind)
 
 
 def encode(tokenizer: Tokenizer, examples: Examples, max_len: int) -> list[list[int]]:
@@ -239,13 +250,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warmup over the first `warmup` of the run, then linear decay to 0."""
-    if progress < warmup:
-        return progress / warmup
-    return max(0.0, (1 - progress) / max(1e-9, 1 - warmup))
-
-
 def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> Path:
     out = Path(cfg.out)
     task = load_task(cfg)
@@ -275,130 +279,42 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, eps=1e-8)  # transformers' defaults
     per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * per_epoch))
-    step, elapsed, best = 0, 0.0, -math.inf
-    if resume:
-        state = ckpt.load_training_state(out / LAST / ckpt.STATE_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        best = float(state["data"]["best"])
-        print(f"resuming {out} at step {step} of {total}")
     targets = torch.from_numpy(task.train_targets)
     lengths = np.array([len(row) for row in train_rows])
     bf16 = use_bf16(cfg.bf16, torch.device("cpu"))
     print(f"precision: {'bf16 autocast' if bf16 else 'fp32'} for training steps; fp32 to evaluate")
     class_weights = None if task.weights is None else torch.from_numpy(task.weights)
-    metrics_path = out / "metrics.jsonl"
-    trim_log(metrics_path, step if resume else None)
-    evaluated_at = step if resume else None  # the state resumed from was saved at an evaluation
 
-    def progress_of(at_step: int, seconds: float) -> float:
-        by_steps = at_step / total
-        by_time = seconds / cfg.time_budget_s if cfg.time_budget_s else 0.0
-        return min(1.0, max(by_steps, by_time))
+    def train_step(pick: np.ndarray) -> dict[str, float]:
+        batch = collate([train_rows[i] for i in pick], pad)
+        with autocast(torch.device("cpu"), bf16):
+            logits = model(**batch).float()  # (B, C)
+        loss = loss_of(logits, targets[pick], task.problem_type, class_weights)
+        loss.backward()
+        figures = {"loss": float(loss.detach())}
+        if task.problem_type != REGRESSION:
+            figures["accuracy"] = float((logits.argmax(dim=1) == targets[pick]).float().mean())
+        return figures
 
-    def evaluate_and_keep(log: Any) -> None:
-        nonlocal best, evaluated_at
-        evaluated_at = step
-        figures = report(task, predict(model, eval_rows, pad))
-        name, value = headline(figures)
-        record = {"split": "eval", "step": step, "epoch": step / per_epoch, **_flat(figures)}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        improved = value > best
-        if improved:
-            best = value
-            model.save(out)
-            save_tokenizer(tokenizer, out, lowercase, cfg.max_seq_len)
-            write_text_atomic(out / REPORT, json.dumps({"step": step, **figures}, indent=2) + "\n")
-        bar.write(
-            f"step {step}: eval {name} {value:.4f}" + (" (best so far, saved)" if improved else "")
-        )
-        _save_last(out, model, optimizer, step, elapsed, best)
+    def save_best() -> None:
+        model.save(out)
+        save_tokenizer(tokenizer, out, lowercase, cfg.max_seq_len)
 
-    model.train()
-    bar = tqdm(total=total, initial=step, desc="finetune", unit="step", disable=not cfg.progress)
-    running: list[float] = []  # recent training losses and accuracies, for the progress bar
-    hits: list[float] = []
-    batches: list[np.ndarray] | None = None
-    started = time.monotonic() - elapsed
-    with open(metrics_path, "a", encoding="utf-8") as log:
-        while step < total:
-            elapsed = time.monotonic() - started
-            if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
-                break
-            epoch, position = divmod(step, per_epoch)
-            if position == 0 or batches is None:
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-            pick = batches[position]
-            batch = collate([train_rows[i] for i in pick], pad)
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
-            factor = lr_factor(progress_of(step, elapsed), cfg.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * factor
-            with autocast(torch.device("cpu"), bf16):
-                logits = model(**batch).float()  # (B, C)
-            loss = loss_of(logits, targets[pick], task.problem_type, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            running.append(float(loss.detach()))
-            record: dict[str, Any] = {"split": "train", "step": step, "loss": running[-1]}
-            record["lr"] = cfg.lr * factor
-            if task.problem_type != REGRESSION:
-                correct = (logits.argmax(dim=1) == targets[pick]).float().mean()
-                record["accuracy"] = float(correct)
-            log.write(json.dumps(record) + "\n")
-            bar.update(1)
-            shown = {"loss": f"{np.mean(running[-50:]):.4f}", "epoch": f"{step / per_epoch:.2f}"}
-            if "accuracy" in record:
-                hits.append(record["accuracy"])
-                shown["acc"] = f"{np.mean(hits[-50:]):.3f}"
-            bar.set_postfix(shown)
-            elapsed = time.monotonic() - started
-            if step % per_epoch == 0 or (cfg.eval_every and step % cfg.eval_every == 0):
-                evaluate_and_keep(log)
-        if evaluated_at != step or not (out / REPORT).is_file():
-            evaluate_and_keep(log)
-    bar.close()
-    final = json.loads((out / REPORT).read_text())
-    plot_report(metrics_path, final, out / "report.png")
+    final = train_loop(
+        cfg,
+        out,
+        model,
+        optimizer,
+        per_epoch,
+        lambda epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch),
+        train_step,
+        lambda: report(task, predict(model, eval_rows, pad)),
+        save_best,
+        resume,
+    )
     name, value = headline(final)
     print(f"best eval {name} {value:.4f} at step {final['step']}; model in {out}")
     return out
-
-
-def _save_last(
-    out: Path,
-    model: BertForSequenceClassification,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    elapsed: float,
-    best: float,
-) -> None:
-    """Weights and optimizer in one file, written atomically, so a kill never pairs the
-    weights of one step with the optimizer of another."""
-    last = out / LAST
-    last.mkdir(exist_ok=True)
-    ckpt.save_training_state(
-        last / ckpt.STATE_FILE,
-        {
-            "model": ckpt.weights_to_save(model),
-            "step": step,
-            "elapsed": elapsed,
-            "world_size": 1,
-            "optimizer": optimizer.state_dict(),
-            "data": {"best": best},
-        },
-    )
-
-
-def _flat(figures: dict[str, Any]) -> dict[str, Any]:
-    """The scalar figures of a report (per-class tables stay in eval_report.json)."""
-    return {k: v for k, v in figures.items() if isinstance(v, int | float)}
 
 
 def _lowercase(source: Path) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import write_atomic
+from ..io import write_atomic
 
 
 def classification_report(
@@ -71,8 +71,9 @@ def regression_report(predicted: np.ndarray, true: np.ndarray) -> dict[str, Any]
 
 def headline(report: dict[str, Any]) -> tuple[str, float]:
     """The metric the best checkpoint is chosen by: weighted accuracy when class weights are
-    given, else accuracy; Spearman for regression."""
-    for name in ("weighted_accuracy", "accuracy", "spearman"):
+    given, else accuracy; Spearman for regression; for embeddings, Spearman of cosine on
+    scored pairs, else nDCG@10 of retrieval."""
+    for name in ("weighted_accuracy", "accuracy", "spearman", "spearman_cosine", "ndcg@10"):
         if name in report:
             return name, float(report[name])
     raise KeyError("a report without a headline metric")

@@ -17,10 +17,10 @@ from torch import nn
 
 from bertserve.commands import last_line
 
-from .checkpoint import CheckpointError, bert_weights, save_weights
-from .config import BertConfig
-from .io import write_text_atomic
-from .model import BertModel
+from ..checkpoint import CheckpointError, bert_weights, save_weights
+from ..config import BertConfig
+from ..io import write_text_atomic
+from ..model import BertModel
 
 SINGLE_LABEL = "single_label_classification"
 REGRESSION = "regression"
@@ -77,12 +77,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     return data
 
 
-def from_pretrained(
-    directory: Path, labels: list[str], problem_type: str, dropout: float | None = None
-) -> tuple[BertForSequenceClassification, list[str]]:
-    """A classifier whose encoder comes from `directory`. Returns it and the names of the
-    tensors that start fresh (the head; the pooler too where the checkpoint has none or never
-    trained it, as after MLM-only pretraining)."""
+def read_bert(directory: Path) -> tuple[dict[str, Any], BertConfig, dict[str, torch.Tensor]]:
+    """config.json (as written, and parsed) and the folder's tensors under our names; the
+    pooler's are left out where the checkpoint never trained it (MLM-only pretraining)."""
     raw = read_config(directory)
     try:
         cfg = BertConfig.from_dict(raw)
@@ -90,10 +87,40 @@ def from_pretrained(
         raise CheckpointError(f"{directory}/config.json: {exc}") from exc
     untrained_pooler = cfg.trained_heads is not None and "nsp" not in cfg.trained_heads
     cfg.trained_heads = None
-    model = BertForSequenceClassification(cfg, labels, problem_type, dropout)
-    state = {k: v for k, v in bert_weights(directory).items() if k.startswith("bert.")}
+    state = bert_weights(directory)
     if untrained_pooler:
         state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
+    return raw, cfg, state
+
+
+def load_fitting(
+    model: nn.Module, state: dict[str, torch.Tensor], directory: Path, fresh: tuple[str, ...]
+) -> list[str]:
+    """Loads `state` into `model`; returns the missing tensors, which may only be those
+    starting with `fresh` (they start from their initialization)."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        reason = last_line(exc, "size mismatch")
+        raise CheckpointError(f"{directory}: weights do not fit config.json ({reason})") from exc
+    other = [k for k in missing if not k.startswith(fresh)]
+    if unexpected or other:
+        raise CheckpointError(
+            f"{directory}: weights do not fit the BERT config (missing {other[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    return list(missing)
+
+
+def from_pretrained(
+    directory: Path, labels: list[str], problem_type: str, dropout: float | None = None
+) -> tuple[BertForSequenceClassification, list[str]]:
+    """A classifier whose encoder comes from `directory`. Returns it and the names of the
+    tensors that start fresh (the head; the pooler too where the checkpoint has none or never
+    trained it, as after MLM-only pretraining)."""
+    raw, cfg, weights = read_bert(directory)
+    model = BertForSequenceClassification(cfg, labels, problem_type, dropout)
+    state = {k: v for k, v in weights.items() if k.startswith("bert.")}
     head = raw.get("id2label")
     same_head = (
         isinstance(head, dict)
@@ -101,21 +128,8 @@ def from_pretrained(
         and raw.get("problem_type", SINGLE_LABEL) == problem_type
     )
     if same_head:  # continuing from a classifier with these very labels keeps its head
-        state.update(
-            {k: v for k, v in bert_weights(directory).items() if k.startswith("classifier.")}
-        )
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        reason = last_line(exc, "size mismatch")
-        raise CheckpointError(f"{directory}: weights do not fit config.json ({reason})") from exc
-    fresh = [k for k in missing if k.startswith(("classifier.", "bert.pooler."))]
-    if unexpected or len(fresh) != len(missing):
-        other = [k for k in missing if k not in fresh]
-        raise CheckpointError(
-            f"{directory}: weights do not fit the BERT config (missing {other[:3]}, "
-            f"unexpected {unexpected[:3]})"
-        )
+        state.update({k: v for k, v in weights.items() if k.startswith("classifier.")})
+    fresh = load_fitting(model, state, directory, ("classifier.", "bert.pooler."))
     return model, fresh
 
 

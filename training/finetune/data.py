@@ -149,26 +149,34 @@ def _index(path: Path, column: str, names: list[str] | None) -> int:
     raise TaskDataError(f"{path}: no column {column!r} (the header has {', '.join(names)})")
 
 
+def read_columns(
+    path: Path, columns: list[str], delimiter: str | None = None, header: bool = True
+) -> tuple[list[list[str]], list[int]]:
+    """The cells of `columns` (names or 0-based indexes), one list per column, and the line
+    each row came from. A missing column is named before any row is read."""
+    fmt = _format(path, delimiter)
+    names, rows = _rows(path, fmt, header and fmt != "jsonl")
+    if names is not None:
+        for column in columns:
+            _index(path, column, names)
+    cells: list[list[str]] = [[] for _ in columns]
+    lines: list[int] = []
+    for number, row in rows:
+        for values, column in zip(cells, columns, strict=True):
+            values.append(_cell(path, number, row, column, names))
+        lines.append(number)
+    if not lines:
+        raise TaskDataError(f"{path} has no examples")
+    return cells, lines
+
+
 def read_examples(
     path: Path, columns: Columns, delimiter: str | None = None, header: bool = True
 ) -> Examples:
-    fmt = _format(path, delimiter)
-    names, rows = _rows(path, fmt, header and fmt != "jsonl")
-    if names is not None:  # a missing column is named before any row is read
-        for column in (columns.text_a, columns.text_b, columns.label):
-            if column is not None:
-                _index(path, column, names)
-    examples = Examples([], [] if columns.text_b is not None else None, [], [])
-    for number, row in rows:
-        examples.texts_a.append(_cell(path, number, row, columns.text_a, names))
-        if columns.text_b is not None:
-            assert examples.texts_b is not None
-            examples.texts_b.append(_cell(path, number, row, columns.text_b, names))
-        examples.labels.append(_cell(path, number, row, columns.label, names).strip())
-        examples.lines.append(number)
-    if not examples.texts_a:
-        raise TaskDataError(f"{path} has no examples")
-    return examples
+    wanted = [c for c in (columns.text_a, columns.text_b, columns.label) if c is not None]
+    cells, lines = read_columns(path, wanted, delimiter, header)
+    texts_b = cells[1] if columns.text_b is not None else None
+    return Examples(cells[0], texts_b, [label.strip() for label in cells[-1]], lines)
 
 
 def label_names(train: Examples, given: list[str] | None, path: Path) -> list[str]:
@@ -204,14 +212,21 @@ def class_ids(examples: Examples, names: list[str], path: Path) -> np.ndarray:
 
 def float_targets(examples: Examples, path: Path) -> np.ndarray:
     """(N,) float32 regression targets; a cell that is not a finite number names its line."""
-    values = np.empty(len(examples), dtype=np.float32)
-    for row, (label, line) in enumerate(zip(examples.labels, examples.lines, strict=True)):
+    return numbers(examples.labels, examples.lines, path, "target")
+
+
+def numbers(cells: list[str], lines: list[int], path: Path, what: str = "score") -> np.ndarray:
+    """(N,) float32 of `cells`; a cell that is not a finite number names its line."""
+    values = np.empty(len(cells), dtype=np.float32)
+    for row, (cell, line) in enumerate(zip(cells, lines, strict=True)):
         try:
-            value = float(label)
+            value = float(cell)
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise TaskDataError(f"{path}: line {line} has the target {label!r}, not a number")
+            raise TaskDataError(
+                f"{path}: line {line} has the {what} {cell.strip()!r}, not a number"
+            )
         values[row] = value
     return values
 
