@@ -32,6 +32,7 @@ UNCOUNTED = {"/metrics"}
 CLIENT_CLOSED = 499
 UNMATCHED = "unmatched"  # the one route label of every path the app has no route for
 PROBES = {"/health", "/ready"}
+ADMITTED = "bertserve.admitted"  # scope key: the protocol's immediate() found nothing to refuse
 
 
 def probe_answer(state: Any, path: str) -> tuple[int, bytes]:
@@ -216,6 +217,7 @@ class EdgeMiddleware:
         elif scope["method"] == "GET" and scope["path"] in PROBES:
             (status, body), headers = probe_answer(self.state, scope["path"]), {}
         else:
+            scope[ADMITTED] = True  # the ASGI path need not check the headers again
             return None
         self._count(scope["path"], status, started)
         return status, body, headers
@@ -243,7 +245,7 @@ class EdgeMiddleware:
 
         held = 0
         try:
-            refused = self.refusal(scope)
+            refused = None if scope.get(ADMITTED) else self.refusal(scope)
             if refused is None:
                 held = _content_length(scope)
                 self.body_bytes_in_flight += held
