@@ -340,3 +340,22 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_batches_never_repeat_a_text_and_follow_seed_and_epoch():
+    from bertserve.training.finetune.embedding import no_duplicate_batches
+
+    rng = random.Random(0)
+    rows = [(f"q{rng.randrange(40)}", f"d{rng.randrange(60)}") for _ in range(300)]
+    lengths = np.array([rng.randrange(3, 30) for _ in rows])
+    batches = no_duplicate_batches(rows, lengths, 16, 19, seed=1, epoch=0)
+    assert len(batches) == 19
+    placed = [int(i) for batch in batches for i in batch]
+    assert len(placed) == len(set(placed))  # no row twice
+    for batch in batches:
+        texts = [t for i in batch for t in rows[i]]
+        assert len(texts) == len(set(texts)), "a text twice in one batch: a false negative"
+    again = no_duplicate_batches(rows, lengths, 16, 19, seed=1, epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    other = no_duplicate_batches(rows, lengths, 16, 19, seed=1, epoch=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other, strict=True))

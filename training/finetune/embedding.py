@@ -193,13 +193,19 @@ def build_loss(cfg: FinetuneConfig) -> EmbeddingLoss:
 
 
 def no_duplicate_batches(
-    rows: list[tuple[str, ...]], batch_size: int, per_epoch: int, seed: int, epoch: int
+    rows: list[tuple[str, ...]],
+    lengths: np.ndarray,
+    batch_size: int,
+    per_epoch: int,
+    seed: int,
+    epoch: int,
 ) -> list[np.ndarray]:
-    """The epoch's batches in a seeded order, none holding the same text twice (in any column),
-    as sentence-transformers' NoDuplicatesBatchSampler: a row that would repeat a text waits for
-    a later batch. `per_epoch` batches (the last ones may be short)."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-    waiting = [int(i) for i in order]
+    """The epoch's batches, none holding the same text twice (in any column), as
+    sentence-transformers' NoDuplicatesBatchSampler: a row that would repeat a text waits for
+    a later batch. Rows are taken in epoch_batches' order (seeded, sorted by length within
+    groups of batches, so a batch pads little) and the batches shuffled; `per_epoch` of them
+    (the last ones may be short). A function of (seed, epoch) alone."""
+    waiting = [int(i) for batch in epoch_batches(lengths, batch_size, seed, epoch) for i in batch]
     batches: list[np.ndarray] = []
     while waiting and len(batches) < per_epoch:
         batch: list[int] = []
@@ -214,7 +220,8 @@ def no_duplicate_batches(
                 later.append(index)
         batches.append(np.asarray(batch))
         waiting = later
-    return batches
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+    return [batches[i] for i in order]
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -254,8 +261,13 @@ def embed_texts(
 def evaluate(
     model: SentenceEncoder, tokenizer: Tokenizer, data: EmbeddingData, max_len: int, pad: int
 ) -> dict[str, Any]:
-    def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(model, tokenizer, texts, max_len, pad)
+    """Every distinct evaluation text embedded once, for both evaluators."""
+    texts = sorted(set(data.eval_a) | set(data.eval_b or []))
+    vectors = embed_texts(model, tokenizer, texts, max_len, pad)  # (U, H)
+    where = {text: i for i, text in enumerate(texts)}
+
+    def embed(batch: list[str]) -> np.ndarray:
+        return vectors[[where[t] for t in batch]]
 
     figures: dict[str, Any] = {}
     if data.eval_b is not None and data.eval_scores is not None:
@@ -334,13 +346,13 @@ def finetune_embedding(cfg: FinetuneConfig, resume: bool = False, overwrite: boo
         + (f"; gradient cache, mini batches of {cfg.mini_batch_size}" if cached else "")
     )
     text_rows = list(zip(*data.columns, strict=True))
-    lengths = np.array([len(r) for r in encoded[0]])
+    lengths = np.array([max(len(c[i]) for c in encoded) for i in range(rows)])  # longest column
     training = {"loss": cfg.loss, "scale": cfg.scale, "matryoshka_dims": cfg.matryoshka_dims}
 
     def batches_of(epoch: int) -> list[np.ndarray]:
         if cfg.loss == "cosent":
             return epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-        return no_duplicate_batches(text_rows, cfg.batch_size, per_epoch, cfg.seed, epoch)
+        return no_duplicate_batches(text_rows, lengths, cfg.batch_size, per_epoch, cfg.seed, epoch)
 
     def embed_batch(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(torch.device("cpu"), bf16):
