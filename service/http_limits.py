@@ -123,9 +123,11 @@ def limited_protocol(
                 super()._start_asgi_task(cycle, app)
                 return
             status, body, headers = answer
-            if any(name == b"transfer-encoding" for name, _ in cycle.scope["headers"]):
+            chunked = any(name == b"transfer-encoding" for name, _ in cycle.scope["headers"])
+            if chunked or (status >= 400 and cycle.waiting_for_100_continue):
                 # a chunked body is refused (411) and not read: a parser error in it would be
-                # a second answer to the one request; close after this one instead
+                # a second answer to the one request; a client waiting for 100 Continue may
+                # never send the body the parser still expects. Close after this answer.
                 cycle.keep_alive = False
             head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
             head += [name + b": " + value + b"\r\n" for name, value in cycle.default_headers]

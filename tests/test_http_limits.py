@@ -242,3 +242,19 @@ def test_a_connection_told_to_retry_later_is_read_again_only_then(tiny_artifact)
         started = time.perf_counter()
         assert httpx.get(f"{url}/health").status_code == 200
         assert time.perf_counter() - started < 0.5
+
+
+def test_a_refused_request_waiting_for_100_continue_is_answered_and_closed(tiny_artifact):
+    """The client may never send the body the parser still counts on: the answer says
+    connection: close and the connection closes, rather than reading its next request as
+    that body."""
+    env = {"BERTSERVE_MAX_BODY_BYTES": "1000"}
+    with running_server(serve_command(tiny_artifact), env=env) as (url, _), _connect(url) as sock:
+        sock.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        response = _read_all(sock)  # until the server closes
+        head = response.partition(b"\r\n\r\n")[0].lower()
+        assert response.startswith(b"HTTP/1.1 413") and b"connection: close" in head, response
+        assert response.count(b"HTTP/1.1") == 1
