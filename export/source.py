@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from bertserve.commands import last_line, one_line
 from bertserve.training.checkpoint import CheckpointError, bert_weights
 from bertserve.training.config import BertConfig
+from bertserve.training.finetune.st_folder import read_st_settings
 from bertserve.training.model import BertForPreTraining
 from bertserve.training.tokenizer import load_tokenizer
 
@@ -64,30 +65,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _sentence_transformers_settings(path: Path) -> tuple[str | None, bool, int | None, bool | None]:
     """(pooling, normalize, max_seq_length, do_lower_case) from a sentence-transformers folder."""
-    pooling, normalize, max_len, lower = None, False, None, None
-    modules_file = path / "modules.json"
-    if modules_file.is_file():
-        modules = json.loads(modules_file.read_text())
-        for module in modules:
-            kind = module.get("type", "")
-            if kind.endswith("Normalize"):
-                normalize = True
-            if kind.endswith("Pooling"):
-                config_file = path / module.get("path", "1_Pooling") / "config.json"
-                if config_file.is_file():
-                    pool = _read_json(config_file)
-                    if pool.get("pooling_mode_cls_token"):
-                        pooling = "cls"
-                    elif pool.get("pooling_mode_mean_tokens"):
-                        pooling = "mean"
-                    else:
-                        raise SourceError(f"{config_file}: only cls and mean pooling are supported")
-    sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        settings = _read_json(sbert)
-        max_len = settings.get("max_seq_length")
-        lower = settings.get("do_lower_case")
-    return pooling, normalize, max_len, lower
+    try:
+        return read_st_settings(path)
+    except (OSError, ValueError) as exc:
+        raise SourceError(str(exc)) from exc
 
 
 def load_source(path: Path) -> Source:

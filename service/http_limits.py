@@ -45,6 +45,23 @@ MAX_REFUSAL_PAUSE_S = 1.0
 Immediate = Callable[[dict[str, Any]], "tuple[int, bytes, dict[str, str]] | None"]
 
 
+def _response(
+    status: int,
+    body: bytes,
+    defaults: list[tuple[bytes, bytes]],
+    headers: dict[str, str],
+    close: bool,
+) -> bytes:
+    """A whole JSON response written by the protocol itself (no ASGI app involved)."""
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    head += [name + b": " + value + b"\r\n" for name, value in defaults]
+    head += [k.lower().encode() + b": " + v.encode() + b"\r\n" for k, v in headers.items()]
+    head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    if close:
+        head.append(b"connection: close\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
 def limited_protocol(
     max_header_bytes: int,
     max_headers: int,
@@ -129,14 +146,8 @@ def limited_protocol(
                 # a second answer to the one request; a client waiting for 100 Continue may
                 # never send the body the parser still expects. Close after this answer.
                 cycle.keep_alive = False
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
-            head += [name + b": " + value + b"\r\n" for name, value in cycle.default_headers]
-            head += [k.lower().encode() + b": " + v.encode() + b"\r\n" for k, v in headers.items()]
-            head.append(b"content-type: application/json\r\n")
-            head.append(b"content-length: %d\r\n" % len(body))
-            if not cycle.keep_alive:
-                head.append(b"connection: close\r\n")
-            self.transport.write(b"".join(head) + b"\r\n" + body)
+            self.transport.write(_response(status, body, cycle.default_headers, headers,
+                                           close=not cycle.keep_alive))  # fmt: skip
             # as uvicorn completes a response: a body still arriving is read and dropped, the
             # next request on the connection (or the pipelined one) starts
             cycle.response_started = cycle.response_complete = True
@@ -159,16 +170,8 @@ def limited_protocol(
             if self.transport.is_closing():
                 return
             body = error_body(kind, message)
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
-            head += [
-                name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-            ]
-            head += [
-                b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(body),
-                b"connection: close\r\n\r\n",
-            ]
-            self.transport.write(b"".join(head) + body)
+            defaults = self.server_state.default_headers
+            self.transport.write(_response(status, body, defaults, {}, close=True))
             self.transport.close()
 
         def shutdown(self) -> None:

@@ -11,6 +11,7 @@ import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from bertserve.commands import DefaultsHelpFormatter, refuse_missing_extra, run_command
 
@@ -141,22 +142,12 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise ValueError("--eval-fraction must be between 0 and 1")
     if not 0 <= args.warmup_fraction < 1:
         raise ValueError("--warmup-fraction must be in [0, 1)")
-    weights = None
-    if args.class_weights:
-        try:
-            weights = [float(w) for w in args.class_weights.split(",")]
-        except ValueError:
-            raise ValueError("--class-weights must be comma-separated numbers") from None
-        if any(w <= 0 for w in weights):
-            raise ValueError("--class-weights must be positive")
+    weights = _comma_list(args.class_weights, float, "--class-weights", "numbers")
+    if weights is not None and any(w <= 0 for w in weights):
+        raise ValueError("--class-weights must be positive")
     if args.task != "classification" and (weights or args.labels):
         raise ValueError("--labels and --class-weights are for classification")
-    dims = None
-    if args.matryoshka_dims:
-        try:
-            dims = [int(d) for d in args.matryoshka_dims.split(",")]
-        except ValueError:
-            raise ValueError("--matryoshka-dims must be comma-separated integers") from None
+    dims = _comma_list(args.matryoshka_dims, int, "--matryoshka-dims", "integers")
     embedding_only = {
         "--text-neg": args.text_neg,
         "--min-score": args.min_score,
@@ -180,6 +171,15 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "matryoshka_dims": dims,
         }
     )
+
+
+def _comma_list(text: str | None, kind: type, flag: str, what: str) -> list[Any] | None:
+    if not text:
+        return None
+    try:
+        return [kind(item) for item in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated {what}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

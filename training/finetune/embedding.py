@@ -15,7 +15,6 @@ resumed run repeats the losses of an unbroken one.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .classify import (
     FinetuneError,
     _lowercase,
     check_out,
+    collate,
     epoch_batches,
 )
 from .data import TaskDataError, hold_out, numbers, read_columns
@@ -51,7 +51,7 @@ from .losses.matryoshka import MatryoshkaLoss
 from .losses.mnrl import MultipleNegativesRankingLoss
 from .losses.simcse import SimCSELoss
 from .report import headline
-from .st_folder import FILES, save_st_folder
+from .st_folder import FILES, read_st_settings, save_st_folder
 
 LOSSES = ("mnrl", "cosent", "simcse")
 RUN = run_dir.RunKind(
@@ -233,13 +233,8 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[l
 
 
 def collate_ids(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    """Single texts: classify.collate with every type id 0."""
+    return collate([[(token, 0) for token in row] for row in rows], pad)
 
 
 @torch.no_grad()
@@ -290,18 +285,11 @@ def main_metric(figures: dict[str, Any]) -> tuple[str, float]:
 
 def source_defaults(source: Path) -> tuple[str, bool]:
     """(pooling, normalize) of a sentence-transformers folder; (mean, False) otherwise."""
-    pooling, normalize = "mean", False
-    modules = source / "modules.json"
-    if modules.is_file():
-        for module in json.loads(modules.read_text(encoding="utf-8")):
-            kind = str(module.get("type", ""))
-            normalize = normalize or kind.endswith("Normalize")
-            if kind.endswith("Pooling"):
-                config = source / module.get("path", "1_Pooling") / "config.json"
-                if config.is_file():
-                    pool = json.loads(config.read_text(encoding="utf-8"))
-                    pooling = "cls" if pool.get("pooling_mode_cls_token") else "mean"
-    return pooling, normalize
+    try:
+        pooling, normalize, _, _ = read_st_settings(source)
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from exc
+    return pooling or "mean", normalize
 
 
 def finetune_embedding(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> Path:

@@ -40,6 +40,32 @@ FILES = frozenset(
 )
 
 
+def read_st_settings(path: Path) -> tuple[str | None, bool, int | None, bool | None]:
+    """(pooling, normalize, max_seq_length, do_lower_case) of a sentence-transformers folder;
+    (None, False, None, None) for any other. ValueError for a pooling other than mean or cls."""
+    pooling, normalize, max_len, lower = None, False, None, None
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text(encoding="utf-8")):
+            kind = str(module.get("type", ""))
+            normalize = normalize or kind.endswith("Normalize")
+            if kind.endswith("Pooling"):
+                config_file = path / module.get("path", "1_Pooling") / "config.json"
+                if config_file.is_file():
+                    pool = json.loads(config_file.read_text(encoding="utf-8"))
+                    if pool.get("pooling_mode_cls_token"):
+                        pooling = "cls"
+                    elif pool.get("pooling_mode_mean_tokens"):
+                        pooling = "mean"
+                    else:
+                        raise ValueError(f"{config_file}: only cls and mean pooling are supported")
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        settings = json.loads(sbert.read_text(encoding="utf-8"))
+        max_len, lower = settings.get("max_seq_length"), settings.get("do_lower_case")
+    return pooling, normalize, max_len, lower
+
+
 def _version(package: str) -> str:
     try:
         return version(package)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import unit_rows
+
 
 def retrieval_report(anchors: list[str], positives: list[str], embed: object) -> dict[str, float]:
     """`embed(texts) -> (N, H)`."""
@@ -16,10 +18,8 @@ def retrieval_report(anchors: list[str], positives: list[str], embed: object) ->
     relevant: dict[str, set[int]] = {q: set() for q in queries}
     for anchor, positive in zip(anchors, positives, strict=True):
         relevant[anchor].add(where[positive])
-    q = embed(queries)  # type: ignore[operator]
-    c = embed(corpus)  # type: ignore[operator]
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    q = unit_rows(embed(queries))  # type: ignore[operator]
+    c = unit_rows(embed(corpus))  # type: ignore[operator]
     k = min(10, len(corpus))
     mrr = ndcg = recall1 = recall10 = 0.0
     for start in range(0, len(queries), 256):  # (256, C) similarities at a time

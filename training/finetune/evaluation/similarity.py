@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from . import unit_rows
+
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, H) x (N, H) -> (N,) cosine of row i of a with row i of b."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nh,nh->n", a, b)
+    return np.einsum("nh,nh->n", unit_rows(a), unit_rows(b))
 
 
 def similarity_report(a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> dict[str, float]:
