@@ -135,6 +135,7 @@ class HotPathMiddleware:
         headers: dict[str, str] = {}
         engine = None
         held = None
+        body = b""
         try:
             body = await read_body(receive)
             engine = ready_engine(self.state)
@@ -165,5 +166,5 @@ class HotPathMiddleware:
             content = error_body(kind, clip(str(exc), MESSAGE_CHARS))
         finally:
             if engine is not None and held is not None:
-                engine.responses.close(held)
+                engine.responses.close(held, len(body))
         await send_json(send, status, content, headers)

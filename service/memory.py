@@ -4,15 +4,17 @@ by a test). Each term is bounded by one setting:
 
   loaded model        measured at start (weights, graphs, tokenizer; MiniLM int8: ~190 MiB)
   model calls         model_workers x one call's activations, at max_batch_tokens of the
-                      longest sequences; ORT's arena is given back after long calls
+                      longest sequences; freed memory goes back to the OS after long calls (heap.py)
   queued outputs      max_queued_tokens hidden states waiting for their requests (float32)
   request bodies      max_body_bytes_in_flight, x3: the bytes, the parsed strings, the lists
   answers             max_response_bytes_in_flight, x2: the vectors and their JSON pieces
 
-One call's activations were measured with ORT 1.2x on MiniLM-L6 (12 heads, hidden 384), peak
-RSS over a warm session (int8 and fp32 alike): (32, 512) 983 MiB, (64, 256) 582, (128, 128) 399,
-(8, 512) 216. `call_bytes` is above each (by 2-30%), never below: per token, the attention
-scores of every head (2.5 copies) and seven hidden-sized buffers.
+One call's activations were measured with ORT 1.32 on MiniLM-L6 (12 heads, hidden 384), peak
+RSS over a warm session (int8 and fp32 alike, ORT's arena off and buffers over 4 MiB mapped on
+their own, as backend.py and heap.py set them): (32, 512) 816 MiB, (64, 256) 432, (128, 128)
+312, (8, 512) 204 (with ORT's arena: 1,012, 620, 436, 252). `call_bytes` is above each (by
+5-20%), never below: per token, the attention scores of every head (1.8 copies) and seven
+hidden-sized buffers.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ MINILM = ModelShape(hidden_size=384, num_heads=12, max_seq_len=512, loaded_bytes
 
 def call_bytes(tokens: int, seq_len: int, model: ModelShape) -> int:
     """Peak activation bytes of one encoder call of `tokens` padded tokens of `seq_len`."""
-    return int(tokens * 4 * (2.5 * model.num_heads * seq_len + 7 * model.hidden_size))
+    return int(tokens * 4 * (1.8 * model.num_heads * seq_len + 7 * model.hidden_size))
 
 
 def worst_case_bytes(settings: Settings, model: ModelShape, cores: int) -> dict[str, int]:
