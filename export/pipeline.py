@@ -244,6 +244,7 @@ def _build(source: Source, root: Path, options: ExportOptions, pooling: str) -> 
         "tokenizer": "tokenizer.json",
         **({"labels": source.labels, "problem_type": source.problem_type} if classifier else {}),
         **({"matryoshka_dims": source.matryoshka_dims} if source.matryoshka_dims else {}),
+        **({"score_activation": source.score_activation} if source.score_activation else {}),
         "opset": graphs.OPSET,
         "files": files,
         "variants": entries,

@@ -51,6 +51,8 @@ class Source:
     # an embedding model trained with MatryoshkaLoss (bert-finetune --task embedding): the
     # cut sizes it was trained at, from bertserve_embedding.json
     matryoshka_dims: list[int] | None = None
+    # a cross-encoder's activation (sentence-transformers' activation_fn): sigmoid, identity
+    score_activation: str | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -155,6 +157,7 @@ def load_source(path: Path) -> Source:
         labels,
         problem_type,
         _matryoshka_dims(path),
+        _score_activation(path, raw_config) if labels is not None and len(labels) == 1 else None,
     )
 
 
@@ -168,6 +171,33 @@ def _matryoshka_dims(path: Path) -> list[int] | None:
     if not isinstance(dims, list) or not all(isinstance(d, int) and d > 0 for d in dims):
         raise SourceError(f"{training}: matryoshka_dims must be a list of positive integers")
     return dims
+
+
+# sentence-transformers' CrossEncoder activations, by the class path it saves
+ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+}
+
+
+def _score_activation(path: Path, raw_config: dict[str, Any]) -> str | None:
+    """The activation a sentence-transformers CrossEncoder applies to its one logit, where
+    its versions save it (config_sentence_transformers.json from v5, config.json's
+    `sentence_transformers` from v4, `sbert_ce_default_activation_function` before)."""
+    st_config = path / "config_sentence_transformers.json"
+    saved = _read_json(st_config).get("activation_fn") if st_config.is_file() else None
+    nested = raw_config.get("sentence_transformers")
+    if saved is None and isinstance(nested, dict):
+        saved = nested.get("activation_fn")
+    saved = saved or raw_config.get("sbert_ce_default_activation_function")
+    if saved is None:
+        return None
+    if saved not in ACTIVATIONS:
+        raise SourceError(
+            f"{path}: the cross-encoder's activation {saved!r} is not supported (Sigmoid or "
+            "Identity)"
+        )
+    return ACTIVATIONS[saved]
 
 
 def _classifier_head(

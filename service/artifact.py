@@ -73,6 +73,9 @@ class Manifest(_Loose):
     # a sequence classifier's class names in id order (one name for regression)
     labels: list[str] | None = Field(None, min_length=1)
     problem_type: Literal["single_label_classification", "regression"] | None = None
+    # what turns a one-logit classifier's output into a rerank score (sentence-transformers'
+    # CrossEncoder activation_fn; absent: sigmoid, as CrossEncoder and TEI do)
+    score_activation: Literal["sigmoid", "identity"] | None = None
     # the `dimensions` an embedding model was trained to be cut to (MatryoshkaLoss)
     matryoshka_dims: list[Annotated[StrictInt, Field(gt=0)]] | None = None
 
@@ -141,6 +144,10 @@ class Artifact:
     @property
     def regression(self) -> bool:
         return self.manifest.get("problem_type") == "regression"
+
+    @property
+    def score_activation(self) -> str:
+        return str(self.manifest.get("score_activation") or "sigmoid")
 
 
 def sha256_file(path: Path) -> str:

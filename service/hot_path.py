@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .edge import send_json, send_pieces
 from .errors import MalformedBody, TooLarge, clip, error_body, known_error, validation_error
 from .responses import Written, json_bytes
-from .routes import POST_ROUTES, ready_engine
+from .routes import LIST_LIMITS, POST_ROUTES, ready_engine
 
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
 # held /health for seconds when parsed on it
@@ -64,16 +64,17 @@ def load_json(body: bytes) -> Any:
         raise MalformedBody("request body is not valid JSON (or not UTF-8)") from None
 
 
-def check_sizes(document: Any, max_items: int) -> None:
+def check_sizes(document: Any, max_items: int, limit: str = "max_inputs") -> None:
     """Counts before validation: pydantic reports every bad item of a list, and a 2 MB body of
-    10^6 integers took 8 s and 1.3 GB to refuse. Every list may hold max_inputs items (inputs,
-    pairs, targets), every object MAX_FIELDS keys. Iterative: nesting is the parser's limit."""
+    10^6 integers took 8 s and 1.3 GB to refuse. Every list may hold max_items items (inputs,
+    pairs, targets: the route's `limit` setting), every object MAX_FIELDS keys. Iterative:
+    nesting is the parser's limit."""
     stack: list[tuple[str, Any]] = [("the body", document)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, list):
             if len(value) > max_items:
-                raise TooLarge(f"{where} has {len(value)} items, over max_inputs {max_items}")
+                raise TooLarge(f"{where} has {len(value)} items, over {limit} {max_items}")
             stack.extend(
                 (f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (list, dict))
             )
@@ -87,10 +88,10 @@ def check_sizes(document: Any, max_items: int) -> None:
             )
 
 
-def parse(schema: type[BaseModel], body: bytes, max_items: int) -> Any:
+def parse(schema: type[BaseModel], body: bytes, max_items: int, limit: str = "max_inputs") -> Any:
     """The request model of `body`: parsed, counted, then validated by pydantic."""
     document = load_json(body)
-    check_sizes(document, max_items)
+    check_sizes(document, max_items, limit)
     return schema.model_validate(document)
 
 
@@ -140,11 +141,12 @@ class HotPathMiddleware:
             body = await read_body(receive)
             engine = ready_engine(self.state)
             held = engine.responses.open()  # this answer's bytes in flight, until sent
-            max_items = self.state.settings.max_inputs
+            limit = LIST_LIMITS.get(scope["path"], "max_inputs")
+            max_items = getattr(self.state.settings, limit)
             if len(body) > BIG_BODY_BYTES:  # parsing would stall every other request
-                request = await asyncio.to_thread(parse, schema, body, max_items)
+                request = await asyncio.to_thread(parse, schema, body, max_items, limit)
             else:
-                request = parse(schema, body, max_items)
+                request = parse(schema, body, max_items, limit)
             answer = await _unless_disconnected(
                 handler(request, engine, self.state.settings), receive
             )

@@ -19,10 +19,15 @@ from .schemas import (
     ErrorResponse,
     FillMaskCandidate,
     FillMaskRequest,
+    JinaRerankRequest,
+    JinaRerankResponse,
     NextSentenceRequest,
     NextSentenceResponse,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
+    RerankOut,
+    RerankRequest,
+    SimilarityRequest,
     TokenizeOut,
     TokenizeRequest,
 )
@@ -82,3 +87,20 @@ async def next_sentence(body: NextSentenceRequest) -> None:
 @documented.post("/tokenize", response_model=list[TokenizeOut])
 async def tokenize(body: TokenizeRequest) -> None:
     """Token ids, tokens and character offsets, as the model sees them."""
+
+
+@documented.post("/rerank", response_model=list[RerankOut], response_model_exclude_none=True)
+async def rerank(body: RerankRequest) -> None:
+    """TEI's rerank: the texts by relevance to the query, best first (a cross-encoder's
+    score, or the cosine of an embedding model's vectors)."""
+
+
+@documented.post("/v1/rerank", response_model=JinaRerankResponse, response_model_exclude_none=True)
+async def jina_rerank(body: JinaRerankRequest) -> None:
+    """Jina's and Cohere's rerank API, as vLLM serves it: the documents by relevance, best
+    first, the top_n best when asked."""
+
+
+@documented.post("/similarity", response_model=list[float])
+async def similarity(body: SimilarityRequest) -> None:
+    """TEI's similarity: the cosine of each sentence with the source sentence, in order."""

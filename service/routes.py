@@ -14,18 +14,23 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from .checks import check_inputs
 from .engine import Engine, InvalidInput, serialize_vector
 from .errors import NotReady, TooLarge, clip
 from .pooling import softmax
+from .rerank import jina_rerank_payload, rerank_payload, similarity_payload
 from .responses import off_loop, vector_bytes
 from .schemas import (
     ClassifyRequest,
     EmbedRequest,
     FillMaskRequest,
+    JinaRerankRequest,
     NextSentenceOut,
     NextSentenceRequest,
     NextSentenceResponse,
     OpenAIEmbeddingRequest,
+    RerankRequest,
+    SimilarityRequest,
     TokenizeRequest,
     texts_of,
 )
@@ -39,23 +44,6 @@ def ready_engine(state: Any) -> Engine:
     if engine is None or not state.ready:
         raise NotReady("the model is not ready yet")
     return engine
-
-
-def check_inputs(
-    texts: list[str], settings: Settings, what: str = "inputs", count: int | None = None
-) -> None:
-    """max_inputs against `count` inputs (default: one per text; a pair is one input of two
-    texts), max_input_chars against every text."""
-    count = len(texts) if count is None else count
-    if count > settings.max_inputs:
-        raise TooLarge(f"{count} {what} exceed max_inputs {settings.max_inputs}")
-    flat = what if count == len(texts) else "texts"  # pairs: name the text, not the pair
-    for index, text in enumerate(texts):
-        if len(text) > settings.max_input_chars:
-            raise TooLarge(
-                f"{flat}[{index}] has {len(text)} characters, over max_input_chars "
-                f"{settings.max_input_chars}"
-            )
 
 
 async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> Any:
@@ -412,4 +400,9 @@ POST_ROUTES: dict[str, tuple[type[BaseModel], PayloadFn]] = {
     "/fill-mask": (FillMaskRequest, fill_mask_payload),
     "/next-sentence": (NextSentenceRequest, next_sentence_payload),
     "/tokenize": (TokenizeRequest, tokenize_payload),
+    "/rerank": (RerankRequest, rerank_payload),
+    "/v1/rerank": (JinaRerankRequest, jina_rerank_payload),
+    "/similarity": (SimilarityRequest, similarity_payload),
 }
+# the setting that bounds each route's lists before validation (hot_path.check_sizes)
+LIST_LIMITS = {path: "max_rerank_documents" for path in ("/rerank", "/v1/rerank", "/similarity")}

@@ -31,6 +31,12 @@ def _check_encodable(text: str, what: str) -> None:
         ) from None
 
 
+def _echoable(value: str | None, what: str) -> str | None:
+    if value is not None:  # echoed back: it must be writable as JSON
+        _check_encodable(value, what)
+    return value
+
+
 # A text or a list of texts, none empty and none with NUL characters.
 Texts = Annotated[str | list[str], AfterValidator(_check_texts)]
 
@@ -193,9 +199,7 @@ class OpenAIEmbeddingRequest(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
-        if value is not None:  # echoed back: it must be writable as JSON
-            _check_encodable(value, "model")
-        return value
+        return _echoable(value, "model")
 
 
 class OpenAIEmbedding(BaseModel):
@@ -221,6 +225,98 @@ class TokenizeOut(BaseModel):
     tokens: list[str]
     offsets: list[tuple[int, int]]
     truncated: bool
+
+
+def _check_text(value: str) -> str:
+    _check_texts(value)
+    return value
+
+
+# one text: not empty, no NUL, valid Unicode
+Text = Annotated[str, AfterValidator(_check_text)]
+
+
+class RerankRequest(_Strict):
+    """TEI's /rerank."""
+
+    query: Text
+    texts: Texts = Field(description="the documents to order by relevance to the query")
+    raw_scores: bool = Field(False, description="a cross-encoder's logits, not its activation")
+    return_text: bool = Field(False, description="each result carries its document")
+    truncate: bool = Field(True, description="cut pairs over max_seq_len instead of 422")
+    truncation_direction: Literal["right", "left"] = "right"
+
+
+class RerankOut(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class Document(_Strict):
+    text: str
+
+
+class JinaRerankRequest(_Strict):
+    """/v1/rerank: Jina's and Cohere's shape, as vLLM serves it."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)  # clients send rank_fields etc.
+    model: str | None = Field(None, max_length=256, description="echoed in the answer")
+    query: Text
+    documents: list[str | Document] = Field(
+        min_length=1, description="texts, or objects with a text field"
+    )
+    top_n: int | None = Field(None, ge=1, description="the best N only (default: all)")
+    return_documents: bool = Field(True, description="each result carries its document")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return _echoable(value, "model")
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, value: list[str | Document]) -> list[str | Document]:
+        for index, document in enumerate(value):
+            text = document if isinstance(document, str) else document.text
+            try:
+                _check_text(text)
+            except ValueError as exc:
+                raise ValueError(f"document {index}: {exc}") from None
+        return value
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class JinaRerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: Document | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class JinaRerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[JinaRerankResult]
+
+
+class SimilarityInputs(_Strict):
+    source_sentence: Text
+    sentences: Texts
+
+
+class SimilarityRequest(_Strict):
+    """TEI's /similarity: the cosine of each sentence with the source sentence."""
+
+    inputs: SimilarityInputs
+    truncate: bool = Field(True, description="cut inputs over max_seq_len instead of 422")
+    truncation_direction: Literal["right", "left"] = "right"
 
 
 def texts_of(value: str | list[str]) -> list[str]:

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         8192,
         ge=1,
         description="padded tokens per model call (batch size x longest sequence; a call's "
-        "memory grows with it times the sequence length: ~0.5 GiB at 8192 x 512 for MiniLM)",
+        "memory grows with it times the sequence length: ~0.4 GiB at 8192 x 512 for MiniLM)",
     )
     max_batch_size: int = Field(64, ge=1, description="sequences per model call")
     max_wait_ms: float = Field(
@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "it alone: 413)",
     )
     max_inputs: int = Field(256, ge=1, description="inputs (or pairs) per request")
+    max_rerank_documents: int = Field(
+        1000,
+        ge=1,
+        description="documents per /rerank or /v1/rerank request, and sentences per "
+        "/similarity (split into model calls like any inputs)",
+    )
     max_input_chars: int = Field(20000, ge=1, description="characters per input")
     max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
     max_body_bytes_in_flight: int = Field(
