@@ -87,7 +87,7 @@ class RawOrt:
         self,
         artifact: Path,
         precision: str,
-        sentences: list[str],
+        sentences: list[Any],
         threads: int,
         gpu: bool = False,
         head: Path | None = None,
@@ -108,20 +108,20 @@ class RawOrt:
             (session(encoder, 1), session(head, 1) if head else None) for _ in range(threads)
         ]  # fmt: skip
         self.provider = self.session.get_providers()[0]
-        ordered = sorted(sentences, key=len)
+        # sentences, or (first, second) pairs (a cross-encoder's), sorted by length
+        ordered = sorted(sentences, key=lambda s: len(s if isinstance(s, str) else "".join(s)))
         self.sentences = len(ordered)
         self.feeds = []
         for i in range(0, len(ordered), 32):
             toks = text.tokenize(ordered[i : i + 32])
             width = max(len(t.ids) for t in toks)
             ids = np.zeros((len(toks), width), np.int64)
-            mask = np.zeros_like(ids)
+            mask, types = np.zeros_like(ids), np.zeros_like(ids)
             for row, t in enumerate(toks):
                 ids[row, : len(t.ids)] = t.ids
+                types[row, : len(t.ids)] = t.type_ids
                 mask[row, : len(t.ids)] = 1
-            self.feeds.append(
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            )
+            self.feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
         self._run(self.session, self.head, self.feeds[:1])
 
     @staticmethod

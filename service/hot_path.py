@@ -136,7 +136,6 @@ class HotPathMiddleware:
         headers: dict[str, str] = {}
         engine = None
         held = None
-        body = b""
         try:
             body = await read_body(receive)
             engine = ready_engine(self.state)
@@ -168,5 +167,5 @@ class HotPathMiddleware:
             content = error_body(kind, clip(str(exc), MESSAGE_CHARS))
         finally:
             if engine is not None and held is not None:
-                engine.responses.close(held, len(body))
+                engine.responses.close(held)
         await send_json(send, status, content, headers)

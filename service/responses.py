@@ -122,13 +122,13 @@ class ResponseBudget:
     def open(self) -> contextvars.Token[list[int]]:
         return _held.set([0])
 
-    def close(self, token: contextvars.Token[list[int]], body_bytes: int = 0) -> None:
-        """Ends a request's reservation; after a large answer or a large body (its work took
-        memory: 200 x 19,900 characters left 600 MiB held) free memory goes back to the OS."""
+    def close(self, token: contextvars.Token[list[int]]) -> None:
+        """Ends a request's reservation; after a large answer free memory goes back to the OS
+        (long model calls give theirs back where they end, backend.py)."""
         held = _held.get()[0]
         self.in_flight -= held
         _held.reset(token)
-        if held > TRIM_AFTER_BYTES or body_bytes > TRIM_AFTER_BYTES // 8:
+        if held > TRIM_AFTER_BYTES:
             # measured: RSS stayed at 2.7 GiB after a burst of large answers (see heap.py)
             asyncio.get_running_loop().run_in_executor(None, heap.give_back)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
@@ -87,6 +89,11 @@ class TooManyWindows(ValueError):
     """A text that needs more windows than max_chunks (413)."""
 
 
+# characters a prefix keeps per token the model reads: English averages ~4.5 a token, Chinese
+# ~1; a word of more than 8 characters a token (URLs, digits) only means a second, whole pass
+PREFIX_CHARS_PER_TOKEN = 8
+
+
 class TextTokenizer:
     """Three copies of the tokenizer, because truncation settings live on the object."""
 
@@ -102,6 +109,9 @@ class TextTokenizer:
         self.left.no_padding()
         self.left.enable_truncation(max_len, direction="left")
         self.vocab_size = self.full.get_vocab_size()
+        # a text cut at a space keeps the tokens before it only where words split at spaces
+        self.cuttable = type(self.full.pre_tokenizer).__name__ == "BertPreTokenizer"
+        self.prefix_chars = PREFIX_CHARS_PER_TOKEN * max_len
 
     def tokenize(
         self,
@@ -119,23 +129,53 @@ class TextTokenizer:
         19,900-character texts holds the GIL for 37 ms, 220 ms measured under load, and it
         would happen on the event loop when the request ends."""
         tokenizer = (self.left if direction == "left" else self.right) if truncate else self.full
-        if off_loop:
-            encodings = tokenizer.encode_batch(texts)
-        else:  # never the shared pool of encode_batch: behind a long batch there, the loop
-            # waited 1.1 s for 16 sentences (a one-text batch is slower than encode anyway)
-            encodings = [
-                tokenizer.encode(t) if isinstance(t, str) else tokenizer.encode(t[0], t[1])
-                for t in texts
-            ]
+        # cut right: a text far longer than the model reads is tokenized from its start only
+        prefixes = self._prefixes(texts) if truncate and direction == "right" else {}
+        whole: list[str | tuple[str, str]] = list(texts)
+        inputs = [prefixes.get(i, t) for i, t in enumerate(whole)]
+        encodings = self._encode(tokenizer, inputs, off_loop)
+        cut_short = {i for i in prefixes if self._cut(encodings[i], prefixes[i], direction)}
+        redo = [i for i in prefixes if i not in cut_short]  # a prefix short of max_len tokens
+        for i, encoding in zip(
+            redo, self._encode(tokenizer, [texts[i] for i in redo], off_loop), strict=True
+        ):
+            encodings[i] = encoding
         if not truncate:
             for index, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_len:
                     raise InputTooLong(index, len(enc.ids), self.max_len, remedy)
         keep = ("tokens" if with_tokens else "ids") if off_loop else "encoding"
         return [
-            Tokenized(e, truncate and self._cut(e, text, direction), keep)
-            for e, text in zip(encodings, texts, strict=True)
+            Tokenized(e, i in cut_short or (truncate and self._cut(e, text, direction)), keep)
+            for i, (e, text) in enumerate(zip(encodings, texts, strict=True))
         ]
+
+    @staticmethod
+    def _encode(
+        tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str]], off_loop: bool
+    ) -> list[Encoding]:
+        if off_loop:
+            return list(tokenizer.encode_batch(list(texts)))
+        # never the shared pool of encode_batch on the loop: behind a long batch there, the
+        # loop waited 1.1 s for 16 sentences (a one-text batch is slower than encode anyway)
+        return [tokenizer.encode(t) if isinstance(t, str) else tokenizer.encode(*t) for t in texts]
+
+    def _prefixes(self, texts: Sequence[str | tuple[str, str]]) -> dict[int, str]:
+        """{index: the text up to its first space past prefix_chars} for texts much longer than
+        max_len tokens: tokenizing 19,900 characters to keep 512 tokens made 7x the tokens
+        needed (CPU, and memory the whole server paid for in page faults). Up to a space the
+        prefix's tokens are the text's (words are split at spaces first, and the normalizer
+        maps characters one by one); a prefix that turns out shorter than max_len tokens is
+        tokenized again whole."""
+        if not self.cuttable:
+            return {}
+        prefixes = {}
+        for index, text in enumerate(texts):
+            if isinstance(text, str) and len(text) > 2 * self.prefix_chars:
+                space = text.find(" ", self.prefix_chars, 2 * self.prefix_chars)
+                if space > 0:
+                    prefixes[index] = text[:space]
+        return prefixes
 
     def _cut(self, encoding: Encoding, text: object, direction: str) -> bool:
         """Whether truncation dropped tokens of `text`. `encoding.overflowing` says so, but

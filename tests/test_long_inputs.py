@@ -147,3 +147,31 @@ def test_the_truncated_flag_is_what_the_tokenizer_dropped(tiny_artifact):
             copied.truncated,
         )
         assert np.array_equal(lazy.ids, copied.ids)
+
+
+def test_a_long_text_tokenized_from_its_prefix_equals_the_whole_text(tiny_artifact):
+    """Texts far over max_len are tokenized from their start up to a space (a 19,900-character
+    text made 7x the tokens kept): ids, offsets and `truncated` equal tokenizing the whole."""
+    artifact = load_artifact(tiny_artifact)
+    tokenizer = TextTokenizer(artifact.tokenizer_json, 16)
+    assert tokenizer.cuttable  # a BERT tokenizer: words split at spaces
+    english = (DATA / "english.txt").read_text(encoding="utf-8").replace("\n", " ")
+    chinese = (DATA / "chinese.txt").read_text(encoding="utf-8").replace("\n", "")
+    long_word = "x" * 150  # a prefix of 8 characters a token is short of 16 tokens: redone
+    texts = [
+        english[:20_000],
+        chinese[:200] + " " + chinese[200:10_000],  # one space, past the prefix length
+        chinese[:10_000],  # no space at all: tokenized whole
+        " ".join([long_word] * 100),
+        "Ünïcödé ﬁ ①㍻ " * 50,  # characters the normalizer expands or drops
+        "short text",
+    ]
+    assert all(len(t) > 2 * tokenizer.prefix_chars for t in texts[:5])
+    assert set(tokenizer._prefixes(texts)) == {0, 1, 3, 4}  # cut where there is a space
+    for off_loop in (False, True):
+        ours = tokenizer.tokenize(texts, True, "right", off_loop=off_loop, with_tokens=True)
+        for text, tokenized in zip(texts, ours, strict=True):
+            whole = tokenizer.right.encode(text)
+            assert tokenized.ids.tolist() == whole.ids, text[:40]
+            assert tokenized.offsets == [tuple(o) for o in whole.offsets], text[:40]
+            assert tokenized.truncated == bool(whole.overflowing), text[:40]

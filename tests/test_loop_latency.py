@@ -52,7 +52,7 @@ print(json.dumps(latencies))
 """
 
 
-def test_health_answers_within_250_ms_under_large_requests(tiny_artifact):
+def test_health_answers_within_100_ms_under_large_requests(tiny_artifact):
     with running_server(serve_command(tiny_artifact)) as (url, _):
         load = subprocess.Popen(
             [sys.executable, "-c", LOAD, url, "9"],
@@ -69,9 +69,7 @@ def test_health_answers_within_250_ms_under_large_requests(tiny_artifact):
     p99 = float(np.percentile(latencies, 99))
     assert answered and set(answered) <= {200, 429}, set(answered)
     assert answered.count(200) >= 4  # the load was real work, not refusals
-    # before: seconds. The issue asks for 100 ms; bench/loop_stall.py (wrk in C, MiniLM) measures
-    # p99 22 ms for this load. Here clients, probe and server share 2 cores and the tiny model
-    # tokenizes without pause: p99 17-161 ms measured over 8 runs (115 once in a full CI run),
-    # so 100 ms would fail now and then; the bound is 250 ms, an eighth of the probe timeout
-    # of deploy/kubernetes.yaml (2 s).
-    assert p99 <= 0.25, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
+    # before: seconds. Here clients, probe and server share 2 cores: p99 18-25 ms over 6 runs
+    # (max 20-108 ms) once long texts are tokenized from a prefix; before, p99 10-63 ms with
+    # stalls of 133-222 ms (the tokens of 19,900 characters, 7x those kept, were the work)
+    assert p99 <= 0.1, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
