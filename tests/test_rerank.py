@@ -35,13 +35,14 @@ def cross_encoder(
 
     folder = tmp_path_factory.mktemp("cross-encoder")
     # the fixture checkpoint's 40 steps leave its sentences all but parallel (mean cosine
-    # 0.999996), so every pair scored alike; its matrices drawn again (BERT's std 0.02) give a
-    # start whose scores differ, which is what the ordering tests need
+    # 0.999996), so every pair scored alike; its matrices drawn again give a start whose
+    # scores differ, which the ordering tests need (logits 0.26 apart; at BERT's init std
+    # 0.02 only 0.002, and after 3 epochs at 3e-3 the scores collapsed to their mean)
     start = folder / "start"
     shutil.copytree(trained_checkpoint, start, ignore=shutil.ignore_patterns("checkpoint-*"))
     generator = torch.Generator().manual_seed(0)
     weights = {
-        name: torch.randn(w.shape, generator=generator) * 0.02 if w.ndim == 2 else w
+        name: torch.randn(w.shape, generator=generator) * 0.2 if w.ndim == 2 else w
         for name, w in load_file(start / "model.safetensors").items()
     }
     save_file(weights, start / "model.safetensors", metadata={"format": "pt"})
@@ -55,7 +56,7 @@ def cross_encoder(
         [sys.executable, "-m", "bertserve.training.finetune.cli", "--no-progress",
          "--from", str(start), "--train", str(train), "--out", str(model),
          "--text-a", "query", "--text-b", "document", "--label", "score",
-         "--task", "regression", "--epochs", "3", "--lr", "3e-3", "--batch-size", "16",
+         "--task", "regression", "--epochs", "1", "--lr", "1e-3", "--batch-size", "16",
          "--max-seq-len", "64"],
         cwd=REPO, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
@@ -115,7 +116,7 @@ def test_both_dialects_score_as_sentence_transformers_cross_encoder(cross_encode
     logits = model.predict(pairs, activation_fn=__import__("torch").nn.Identity())
     ranked = [r["corpus_id"] for r in model.rank(QUERY, documents)]
     assert tei[0] == 200 and jina[0] == 200 and raw[0] == 200, (tei, jina, raw)
-    assert np.ptp(expected) > 1e-3  # the documents score differently: the order means something
+    assert np.ptp(logits) > 1e-2  # the documents score differently: the order means something
     # the same order as CrossEncoder.rank, up to ties within the tolerance
     for order in ([r["index"] for r in tei[1]], [r["index"] for r in jina[1]["results"]]):
         assert sorted(order) == list(range(len(documents)))
