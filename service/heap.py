@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import time
 from collections.abc import Callable
 
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
@@ -44,10 +43,7 @@ def map_large_buffers() -> None:
         _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
-def give_back() -> float:
-    """Returns free heap memory to the OS; the seconds it took (0 where there is no glibc)."""
-    if _malloc_trim is None:
-        return 0.0
-    started = time.perf_counter()
-    _malloc_trim(0)
-    return time.perf_counter() - started
+def give_back() -> None:
+    """Returns free heap memory to the OS (nothing where there is no glibc)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)

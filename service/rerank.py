@@ -128,7 +128,6 @@ async def jina_rerank_payload(
     """/v1/rerank: {"id", "model", "usage", "results": [{"index", "relevance_score",
     "document"?}]}, best first, the top_n best when asked."""
     texts = body.texts()
-    check_documents(len(texts), settings)
     answer_bytes = _answer_bytes(texts, body.return_documents)  # top_n or not: a bound
     scores = await relevance(body.query, texts, engine, settings, "/v1/rerank", answer_bytes)
     results = []
