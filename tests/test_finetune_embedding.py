@@ -36,9 +36,11 @@ def vocabulary(trained_checkpoint: Path) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def random_encoder(trained_checkpoint: Path, tmp_path_factory) -> Path:
     """The fixture checkpoint's shape and tokenizer with random weights, as a sentence-
-    transformers folder. The 40-step pretrained checkpoint's mean-pooled vectors are all but
-    parallel (mean cosine 0.999996 measured): cosine gradients vanish there, and CoSENT, whose
-    gradient is not amplified as MNRL's softmax is, never leaves that start."""
+    transformers folder: the start of every test that must learn. The 40-step pretrained
+    checkpoint's mean-pooled vectors are all but parallel (mean cosine 0.999996 measured):
+    cosine gradients vanish there; CoSENT never leaves that start, and MNRL leaves it at a step
+    that depends on the CPU's arithmetic (4 epochs in fp32, seeds 0-2: recall@1 0.27-0.97;
+    with bf16 autocast 1.0). From random weights every loss reached 1.0 in both."""
     from bertserve.training.config import BertConfig
     from bertserve.training.finetune.encoder import SentenceEncoder
     from bertserve.training.finetune.st_folder import save_st_folder
@@ -126,11 +128,11 @@ def recall_at_1(folder: Path, eval_file: Path, dims: int | None = None) -> float
 
 
 @pytest.fixture(scope="module")
-def mnrl_model(trained_checkpoint, files, tmp_path_factory) -> Path:
+def mnrl_model(random_encoder, files, tmp_path_factory) -> Path:
     train, evaluation = files
     out = tmp_path_factory.mktemp("mnrl") / "model"
     code = finetune(
-        "--task", "embedding", "--from", str(trained_checkpoint), "--train", str(train),
+        "--task", "embedding", "--from", str(random_encoder), "--train", str(train),
         "--eval", str(evaluation), "--out", str(out), *PAIRS, *FAST, "--epochs", "4",
         "--normalize", "--matryoshka-dims", "128,32",
     )  # fmt: skip
@@ -138,9 +140,9 @@ def mnrl_model(trained_checkpoint, files, tmp_path_factory) -> Path:
     return out
 
 
-def test_mnrl_learns_paraphrases_from_chance(trained_checkpoint, files, mnrl_model):
+def test_mnrl_learns_paraphrases_from_chance(random_encoder, files, mnrl_model):
     _, evaluation = files
-    assert recall_at_1(trained_checkpoint, evaluation) < 0.4  # chance is 1/66
+    assert recall_at_1(random_encoder, evaluation) < 0.4  # chance is 1/66
     assert recall_at_1(mnrl_model, evaluation) > 0.9
     assert recall_at_1(mnrl_model, evaluation, dims=32) > 0.9  # Matryoshka: a prefix works
     report = json.loads((mnrl_model / "eval_report.json").read_text())
@@ -152,22 +154,19 @@ def test_mnrl_learns_paraphrases_from_chance(trained_checkpoint, files, mnrl_mod
 
 
 @pytest.mark.parametrize(
-    "loss, extra, start",
+    "loss, extra",
     [
-        ("mnrl", ("--text-neg", "negative", "--symmetric"), "pretrained"),
-        ("mnrl", ("--mini-batch-size", "8"), "pretrained"),  # the gradient cache, end to end
-        ("cosent", ("--text-b", "b", "--label", "score", "--min-score", "4"), "random"),
+        ("mnrl", ("--text-neg", "negative", "--symmetric")),
+        ("mnrl", ("--mini-batch-size", "8")),  # the gradient cache, end to end
+        ("cosent", ("--text-b", "b", "--label", "score", "--min-score", "4")),
     ],
     ids=["mnrl-hard-negatives-symmetric", "cached-mnrl", "cosent"],
 )  # fmt: skip
-def test_each_loss_learns_paraphrases(
-    trained_checkpoint, random_encoder, files, tmp_path, loss, extra, start
-):
+def test_each_loss_learns_paraphrases(random_encoder, files, tmp_path, loss, extra):
     train, evaluation = files
     out = tmp_path / loss
-    source = trained_checkpoint if start == "pretrained" else random_encoder
-    assert recall_at_1(source, evaluation) < 0.4  # chance is 1/66
-    args = ["--task", "embedding", "--from", str(source), "--train", str(train)]
+    assert recall_at_1(random_encoder, evaluation) < 0.4  # chance is 1/66
+    args = ["--task", "embedding", "--from", str(random_encoder), "--train", str(train)]
     args += ["--eval", str(evaluation), "--out", str(out), "--loss", loss, *PAIRS, *FAST]
     assert finetune(*args, "--epochs", "4", *extra) == 0
     assert recall_at_1(out, evaluation) > 0.9
