@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,10 +25,11 @@ from .errors import STATUS, known_error, validation_error
 from .get_routes import api, open_routes
 from .hot_path import HotPathMiddleware
 from .metrics import Metrics
+from .models import ServedModel, load_models, parse_spec
 from .responses import ResponseBudget
 from .route_docs import documented
 from .settings import Settings
-from .threads import worker_pool
+from .threads import ModelThreads, worker_pool
 
 log = logging.getLogger("bertserve")
 
@@ -60,50 +61,81 @@ class ServiceApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, backend: Backend | None = None, artifact: Artifact | None = None
+    settings: Settings,
+    backend: Backend | None = None,
+    artifact: Artifact | None = None,
+    *,
+    models: Sequence[ServedModel] | None = None,
 ) -> ServiceApp:
-    """`backend` and `artifact` let tests inject fakes; by default both come from
-    settings.model, verified, in the lifespan."""
+    """`models`: loaded and verified (bert-serve does it before it listens); by default they
+    come from settings.model, in the lifespan. `backend` and `artifact` let tests inject one
+    fake model."""
     metrics = Metrics()
+
+    def served() -> list[ServedModel]:
+        if models:
+            return list(models)
+        if artifact is not None or backend is not None:
+            loaded = artifact or load_artifact(parse_spec(settings.model[0]).root)
+            model = backend or OnnxBackend.for_settings(loaded, settings)
+            return [ServedModel(loaded.name, loaded, model)]
+        return load_models([parse_spec(spec) for spec in settings.model], settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # asyncio.to_thread's threads (tokenizing, parsing, writing big answers) yield to the loop
         asyncio.get_running_loop().set_default_executor(worker_pool(None, "bertserve-work"))
-        loaded = artifact or load_artifact(settings.model)
-        model = backend or OnnxBackend.for_settings(loaded, settings)
-        batcher = Batcher(
-            model,
-            metrics,
-            pad_id=loaded.special_tokens.get("[PAD]", 0),
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queued_tokens=settings.max_queued_tokens,
-            request_timeout_s=settings.request_timeout_s,
-            max_padding_ratio=settings.max_padding_ratio,
-        )
-        batcher.start()
-        app.state.batcher = batcher
+        chosen = served()
+        # one set of model threads for all models: calls from every queue share the cores
+        threads = ModelThreads(max(m.backend.workers for m in chosen))
         responses = ResponseBudget(
             settings.max_response_bytes, settings.max_response_bytes_in_flight
         )
-        app.state.engine = Engine(loaded, model, batcher, metrics, responses)
-        metrics.model_info.labels(loaded.name, model.precision, model.provider).set(1)
+        engines: dict[str, Engine] = {}
+        for m in chosen:
+            series = metrics.of(m.name)
+            batcher = Batcher(
+                m.backend,
+                series,
+                pad_id=m.artifact.special_tokens.get("[PAD]", 0),
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queued_tokens=settings.max_queued_tokens,
+                request_timeout_s=settings.request_timeout_s,
+                max_padding_ratio=settings.max_padding_ratio,
+                threads=threads,
+            )
+            batcher.start()
+            engines[m.name] = Engine(m.artifact, m.backend, batcher, series, responses, m.name)
+            metrics.model_info.labels(m.name, m.backend.precision, m.backend.provider).set(1)
+        app.state.engines = engines
+        app.state.engine = next(iter(engines.values()))  # the default model
+        app.state.batchers = [engine.batcher for engine in engines.values()]
+        app.state.batcher = app.state.engine.batcher
+        app.state.responses = responses
         if settings.warmup:  # straight to the model: request deadlines do not apply
-            started = time.perf_counter()
-            runs = await batcher.run_in_model_thread(model.warm_up)
-            log.info("warmed up: %d shapes in %.1f s", runs, time.perf_counter() - started)
+            for engine in engines.values():
+                started = time.perf_counter()
+                runs = await threads.run(engine.backend.warm_up)
+                log.info(
+                    "warmed up %s: %d shapes in %.1f s",
+                    engine.model_name,
+                    runs,
+                    time.perf_counter() - started,
+                )
         app.state.ready = True
         metrics.ready.set(1)
-        log.info("serving %s (%s on %s)", loaded.name, model.precision, model.provider)
+        for m in chosen:
+            log.info("serving %s (%s on %s)", m.name, m.backend.precision, m.backend.provider)
         try:
             yield
         finally:
             app.state.ready = False
             app.state.draining = True
             metrics.ready.set(0)
-            await batcher.stop()
+            await asyncio.gather(*(batcher.stop() for batcher in app.state.batchers))
+            await threads.shutdown()
 
     app = ServiceApp(
         title="bertserve",
@@ -115,6 +147,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.ready = False
     app.state.draining = False
+    app.state.started = time.time()  # /v1/models' `created`
     app.include_router(open_routes)
     app.include_router(api)
 

@@ -37,6 +37,7 @@ class Backend(Protocol):
     has_nsp: bool
     has_classifier: bool
     workers: int  # calls that may run at once, each from its own thread
+    threads_per_call: int  # ONNX Runtime threads of one call
 
     def hidden_states(
         self, input_ids: Ints, attention_mask: Ints, token_type_ids: Ints

@@ -6,13 +6,15 @@ The trip of a request:
   413), one `Pending` per sequence, each with a future -> the forming loop (`_run`) waits at
   most `max_wait_ms` for company, and `take_batch` (a pure function) picks sequences under the
   padded-token budget and size cap, oldest first and then those closest in length -> the model
-  call is handed to the model threads (the backend's `workers`) through a hand-off of one -> a
-  model thread runs it and posts the outputs back to the event loop, where each sequence's
-  slice resolves its future.
+  call is handed to the model threads (threads.ModelThreads, shared by every model served)
+  through a hand-off of one -> a model thread runs it and posts the outputs back to the event
+  loop, where each sequence's slice resolves its future.
 The forming loop and the model threads are joined by a hand-off of one (TEI's "prefetch one
 batch"): the next call is formed as soon as a model thread has taken the current one, not
 earlier (sequences can still join a better batch) and not later (the model never waits for the
 event loop: with one call in flight 2 cores were ~13% idle under 32 single-sentence clients).
+Each model has its own batcher (queue, admission, forming loop, hand-off of one); the model
+threads take the models' calls in turns (ModelThreads), so models share the threads fairly.
 One liveness rule (`Pending.live`): a sequence whose request went away or whose deadline
 passed is dropped before compute, when batches are formed and again when the model thread
 takes its call; one drop path (`_drop`). A backend error fails that call's futures only.
@@ -33,8 +35,8 @@ import numpy as np
 
 from . import heap
 from .backend import Backend, Floats
-from .metrics import Metrics
-from .threads import worker_pool
+from .metrics import ModelMetrics
+from .threads import ModelThreads
 
 log = logging.getLogger("bertserve")
 T = TypeVar("T")
@@ -46,9 +48,10 @@ class Overloaded(Exception):
     """The queue is too full to finish this request in time; refused before any work (429,
     Retry-After: the estimated seconds until the queue ahead of it has drained)."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, model: str = "") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.model = model
 
 
 class RequestTooLarge(Exception):
@@ -172,7 +175,7 @@ class Batcher:
     def __init__(
         self,
         backend: Backend,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         pad_id: int,
         max_batch_tokens: int,
@@ -181,9 +184,14 @@ class Batcher:
         max_queued_tokens: int,
         request_timeout_s: float,
         max_padding_ratio: float = 1.0,
+        threads: ModelThreads | None = None,
     ) -> None:
+        """`threads`: the model threads shared with other models' batchers (default: this
+        batcher's own, `backend.workers` of them, stopped with it)."""
         self.backend = backend
-        self.workers = backend.workers  # model threads, each running one call at a time
+        self._owns_threads = threads is None
+        self.threads = threads or ModelThreads(backend.workers)
+        self.workers = self.threads.workers  # model threads, each running one call at a time
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
         self.pad_id = pad_id
@@ -198,10 +206,11 @@ class Batcher:
         self.queued_tokens = 0
         self.batches_run = 0
         self._wakeup = asyncio.Event()
-        # the model threads: model calls and heads, `workers` at a time
-        self._executor = worker_pool(self.workers, "bertserve-model")
         self._handoff_free = asyncio.Event()  # set: a model thread took the last call handed off
         self._handoff_free.set()
+        self._in_flight = 0  # calls handed off and not yet delivered
+        self._delivered = asyncio.Event()  # set whenever no call is in flight
+        self._delivered.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -228,15 +237,15 @@ class Batcher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        # once the model threads have stopped, every call handed off has run and posted its
-        # outputs back to the loop, ahead of this wait's own result
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._delivered.wait()  # every call handed off has run and been answered
+        if self._owns_threads:
+            await self.threads.shutdown()
         self._drop(self.queue, ShuttingDown("server is shutting down"))
         self.queue.clear()
 
     async def run_in_model_thread(self, fn: Callable[..., T], *args: object) -> T:
         """Runs a head on a model thread, so ONNX Runtime is only called from those."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self.threads.run(fn, *args)
 
     # -- the request side --------------------------------------------------------------------
     def submit(
@@ -297,6 +306,7 @@ class Batcher:
                 f"server overloaded: {self.queued_tokens} tokens queued + {asked} asked > "
                 f"max_queued_tokens {self.max_queued_tokens}",
                 max(1, math.ceil(drain_s)),
+                self.metrics.name,
             )
         # an empty queue admits: the request alone may still make it, and if not, 429 would
         # tell the client to retry what can never succeed
@@ -308,11 +318,14 @@ class Batcher:
                 f"tokens/s would take {wait:.1f} s, over request_timeout_s "
                 f"{self.request_timeout_s:g}",
                 max(1, math.ceil(drain_s)),
+                self.metrics.name,
             )
 
     def _measured(self, tokens: int, seconds: float) -> None:
         """Folds one call's speed into the estimate admission uses (moving average); under
-        load every model thread runs a call, so the queue drains `workers` times as fast."""
+        load every model thread runs a call, so the queue drains `workers` times as fast (an
+        overestimate while other models take turns on the threads: admission errs towards
+        admitting, and the deadline still drops what waits too long)."""
         if seconds <= 0:
             return
         speed = self.workers * tokens / seconds
@@ -329,14 +342,14 @@ class Batcher:
         each is dropped for what made it dead: a cancelled request or a passed deadline."""
         for p in pendings:
             if p.request.cancelled:  # its future may be cancelled already, by the request
-                self.metrics.rejected.labels("cancelled").inc()
+                self.metrics.rejected("cancelled")
                 p.future.cancel()
             elif p.future.done():
                 continue
             elif reason is not None:
                 p.future.set_exception(reason)
             else:
-                self.metrics.rejected.labels("deadline").inc()
+                self.metrics.rejected("deadline")
                 p.future.set_exception(
                     DeadlineExceeded(
                         f"queued longer than request_timeout_s ({self.request_timeout_s:g}s)"
@@ -393,7 +406,7 @@ class Batcher:
         def trim() -> None:
             if not self.queue and not self._closing:
                 self._tokens_since_trim = 0
-                self._executor.submit(heap.give_back)
+                self.threads.submit(heap.give_back)
 
         self._idle_trim = self._loop.call_later(IDLE_TRIM_S, trim)
 
@@ -405,7 +418,9 @@ class Batcher:
         self.metrics.batch_padding_ratio.observe(1.0 - real / ids.size)
         self._handoff_free.clear()
         self._tokens_since_trim += ids.size
-        self._executor.submit(self._model_call, call, ids, mask, types, real)
+        self._in_flight += 1
+        self._delivered.clear()
+        self.threads.hand_off(self, self._model_call, call, ids, mask, types, real)
 
     # -- the model thread --------------------------------------------------------------------
     def _model_call(
@@ -427,6 +442,9 @@ class Batcher:
     # -- back on the event loop --------------------------------------------------------------
     def _deliver(self, call: list[Pending], outcome: _Outcome) -> None:
         self.batches_run += 1
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._delivered.set()
         if outcome.error is not None:
             log.error("model error on a batch of %d sequences", len(call), exc_info=outcome.error)
             self._drop(call, ModelError(f"model error: {outcome.error}"))

@@ -13,7 +13,6 @@ import socket
 import sys
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
             help_text += f" (default: {default})"
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        if typing.get_origin(field.annotation) is list:  # repeated: --model a --model b
+            parser.add_argument(flag, dest=name, action="append", help=help_text)
             continue
         choices = None
         args = typing.get_args(field.annotation)
@@ -66,14 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
-    from .artifact import ArtifactError, load_artifact
-    from .backend import OnnxBackend
+    from .artifact import ArtifactError
     from .http_limits import uvicorn_http_options
+    from .models import load_models, parse_spec
 
     ort.set_default_logger_severity(4)  # a broken graph is reported once, by us, in one line
-    try:
-        artifact = load_artifact(Path(settings.model))
-        backend = OnnxBackend.for_settings(artifact, settings)
+    try:  # every model verified before any serves
+        served = load_models([parse_spec(spec) for spec in settings.model], settings)
     except ArtifactError as exc:
         print(f"bert-serve: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CANNOT_LISTEN
-    app = create_app(settings, backend, artifact)
+    app = create_app(settings, models=served)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -98,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         **uvicorn_http_options(settings, app.front.immediate if app.front else None),
     )
+    default = served[0].backend
+    names = ", ".join(f"{m.name}: {m.backend.precision} on {m.backend.provider}" for m in served)
     print(
-        f"bert-serve: {artifact.name}: {backend.precision} on {backend.provider}, "
-        f"{backend.workers} model thread(s) x {backend.threads_per_call} ONNX Runtime "
-        f"thread(s), http://{settings.host}:{settings.port}",
+        f"bert-serve: {names}; {default.workers} model thread(s) x {default.threads_per_call} "
+        f"ONNX Runtime thread(s), http://{settings.host}:{settings.port}",
         file=sys.stderr,
         flush=True,
     )
@@ -149,7 +151,10 @@ def settings_table() -> str:
     rows = ["| flag | environment | default | description |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = "" if field.default is None else str(field.default)
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        default = "" if default is None else str(default)
         rows.append(f"| `{flag}` | `BERTSERVE_{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)
 

@@ -36,10 +36,11 @@ ADMITTED = "bertserve.admitted"  # scope key: the protocol's immediate() found n
 
 
 def probe_answer(state: Any, path: str) -> tuple[int, bytes]:
-    """/health: the model threads are alive; /ready: the model is loaded and not draining."""
+    """/health: every model's batcher is alive; /ready: every model is loaded and warm, and the
+    server is not draining."""
     if path == "/health":
-        batcher = getattr(state, "batcher", None)
-        alive = batcher is not None and batcher.alive
+        batchers = getattr(state, "batchers", None) or []
+        alive = bool(batchers) and all(batcher.alive for batcher in batchers)
         return (200 if alive else 503), b'{"status":"ok"}' if alive else b'{"status":"down"}'
     ok = bool(getattr(state, "ready", False))
     return (200 if ok else 503), b'{"ready":true}' if ok else b'{"ready":false}'

@@ -19,7 +19,7 @@ import numpy as np
 from .artifact import Artifact
 from .backend import Backend, Floats
 from .batcher import Batcher, RequestState
-from .metrics import Metrics
+from .metrics import ModelMetrics
 from .pooling import l2_normalize, pool_one, softmax
 from .responses import ResponseBudget, off_loop
 from .text import TRUNCATE_OR_SHORTEN, LongText, TextTokenizer, Tokenized, Window
@@ -76,9 +76,11 @@ class Engine:
         artifact: Artifact,
         backend: Backend,
         batcher: Batcher,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         responses: ResponseBudget,
+        name: str | None = None,
     ) -> None:
+        """`name`: what requests call this model (default: the artifact's name)."""
         self.responses = responses
         self.artifact = artifact
         self.backend = backend
@@ -86,7 +88,7 @@ class Engine:
         self.metrics = metrics
         self.text = TextTokenizer(artifact.tokenizer_json, artifact.max_seq_len)
         self.mask_id = artifact.special_tokens.get("[MASK]")
-        self.model_name = artifact.name
+        self.model_name = name or artifact.name
 
     def require(self, part: str) -> None:
         """Raises MissingHead when the model lacks `part` (pooler, mlm, nsp, classifier):
@@ -128,7 +130,7 @@ class Engine:
         """Queues every sequence, waits for all; cancels the rest if the caller goes away."""
         state = RequestState()
         futures = self.batcher.submit([(t.ids, t.type_ids) for t in tokenized], state)
-        self.metrics.tokens.labels(route).inc(sum(len(t.ids) for t in tokenized))
+        self.metrics.tokens(route, sum(len(t.ids) for t in tokenized))
         try:
             results = await asyncio.gather(*futures)
         except BaseException:

@@ -26,6 +26,10 @@ class NotReady(Exception):
     """The model is not loaded yet, or the server is draining (503)."""
 
 
+class ModelNotFound(LookupError):
+    """A request named a model this server does not serve (404)."""
+
+
 # exception type -> (status, error type in the body)
 STATUS: dict[type[Exception], tuple[int, str]] = {
     MalformedBody: (400, "invalid_request"),
@@ -36,6 +40,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     ResponseTooLarge: (413, "too_large"),
     RequestTooLarge: (413, "too_large"),
     MissingHead: (424, "missing_head"),
+    ModelNotFound: (404, "model_not_found"),
     NotReady: (503, "not_ready"),
     ShuttingDown: (503, "shutting_down"),
     DeadlineExceeded: (504, "deadline_exceeded"),
@@ -68,7 +73,7 @@ def known_error(exc: Exception, metrics: Metrics) -> tuple[int, str, dict[str, s
     for exc_type, (status, kind) in STATUS.items():
         if isinstance(exc, exc_type):
             if isinstance(exc, Overloaded):
-                metrics.rejected.labels("queue_full").inc()
+                metrics.rejected.labels("queue_full", exc.model).inc()
                 return status, kind, {"Retry-After": str(exc.retry_after_s)}
             return status, kind, {}
     return None

@@ -1,5 +1,5 @@
 """The GET routes, plain FastAPI routes: the probes (/health, /ready, /metrics: no API key) and
-/info. The POST routes are in routes.py."""
+/info and /v1/models. The POST routes are in routes.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .edge import probe_answer
 from .engine import Engine
+from .models import ready_engines
+from .rerank import can_rerank
 from .route_docs import ERRORS
-from .routes import ready_engine
 from .settings import Settings
-
-
-async def get_engine(request: Request) -> Engine:
-    return ready_engine(request.app.state)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -24,7 +21,6 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -59,16 +55,12 @@ async def metrics(request: Request) -> Response:
     )
 
 
-@api.get("/info")
-async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("bertserve")
-    except PackageNotFoundError:
-        ours = "dev"
+def model_info(engine: Engine) -> dict[str, Any]:
+    """What one model is and can do: /info's top level for the default model, and an entry of
+    /info's `models` and of /v1/models for each."""
     return {
         "model": engine.model_name,
+        "artifact": engine.artifact.name,
         "precision": engine.backend.precision,
         "provider": engine.backend.provider,
         "hidden_size": engine.artifact.hidden_size,
@@ -83,6 +75,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
             "fill_mask": engine.backend.has_mlm,
             "next_sentence": engine.backend.has_nsp,
             "classify": engine.backend.has_classifier,
+            "rerank": can_rerank(engine),
         },
         "labels": engine.artifact.labels or None,
         "problem_type": engine.artifact.manifest.get("problem_type"),
@@ -92,19 +85,60 @@ async def info(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
             name: {"rejected": v.rejected, "batch_invariant": v.batch_invariant}
             for name, v in engine.artifact.variants.items()
         },
-        "limits": {
-            name: getattr(settings, name)
-            for name in (
-                "max_inputs",
-                "max_input_chars",
-                "max_body_bytes",
-                "max_top_k",
-                "max_batch_tokens",
-                "max_batch_size",
-                "max_wait_ms",
-                "max_queued_tokens",
-                "request_timeout_s",
-            )
-        },
+    }
+
+
+LIMITS = (
+    "max_inputs",
+    "max_input_chars",
+    "max_body_bytes",
+    "max_top_k",
+    "max_rerank_documents",
+    "max_batch_tokens",
+    "max_batch_size",
+    "max_wait_ms",
+    "max_queued_tokens",
+    "request_timeout_s",
+)
+
+
+@api.get("/info")
+async def info(request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """The default model at the top level (as when one model was served), every model in
+    `models`, and the limits, which all models share."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    engines = ready_engines(request.app.state)
+    try:
+        ours = version("bertserve")
+    except PackageNotFoundError:
+        ours = "dev"
+    limits = {name: getattr(settings, name) for name in LIMITS}
+    default = next(iter(engines.values()))
+    return {
+        **model_info(default),
+        "models": [{**model_info(engine), "limits": limits} for engine in engines.values()],
+        "limits": limits,
         "version": ours,
+    }
+
+
+@api.get("/v1/models")
+async def list_models(request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """OpenAI's model list; each entry also says what the model can do."""
+    engines = ready_engines(request.app.state)
+    created = int(request.app.state.started)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "bertserve",
+                **{k: v for k, v in model_info(engine).items() if k != "model"},
+                "max_input_tokens": engine.artifact.max_seq_len,
+            }
+            for name, engine in engines.items()
+        ],
     }

@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .edge import send_json, send_pieces
 from .errors import MalformedBody, TooLarge, clip, error_body, known_error, validation_error
+from .models import pick, ready_engines
 from .responses import Written, json_bytes
-from .routes import LIST_LIMITS, POST_ROUTES, ready_engine
+from .routes import LIST_LIMITS, POST_ROUTES
 
 # bodies larger than this are parsed off the event loop: a 2 MB body of a million integers
 # held /health for seconds when parsed on it
@@ -125,7 +126,7 @@ async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
 class HotPathMiddleware:
     def __init__(self, app: ASGIApp, state: Any) -> None:
         self.app = app
-        self.state = state  # the FastAPI app.state: settings, metrics, engine, ready
+        self.state = state  # the FastAPI app.state: settings, metrics, engines, responses, ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = POST_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
@@ -134,18 +135,18 @@ class HotPathMiddleware:
             return
         schema, handler = route
         headers: dict[str, str] = {}
-        engine = None
         held = None
         try:
             body = await read_body(receive)
-            engine = ready_engine(self.state)
-            held = engine.responses.open()  # this answer's bytes in flight, until sent
+            engines = ready_engines(self.state)
+            held = self.state.responses.open()  # this answer's bytes in flight, until sent
             limit = LIST_LIMITS.get(scope["path"], "max_inputs")
             max_items = getattr(self.state.settings, limit)
             if len(body) > BIG_BODY_BYTES:  # parsing would stall every other request
                 request = await asyncio.to_thread(parse, schema, body, max_items, limit)
             else:
                 request = parse(schema, body, max_items, limit)
+            engine = pick(engines, request.model)  # 404 for a model not served
             answer = await _unless_disconnected(
                 handler(request, engine, self.state.settings), receive
             )
@@ -166,6 +167,6 @@ class HotPathMiddleware:
             status, kind, headers = known
             content = error_body(kind, clip(str(exc), MESSAGE_CHARS))
         finally:
-            if engine is not None and held is not None:
-                engine.responses.close(held)
+            if held is not None:
+                self.state.responses.close(held)
         await send_json(send, status, content, headers)

@@ -1,6 +1,10 @@
-"""Every Prometheus metric of the service, in one place. Prefix bertserve_, units in names."""
+"""Every Prometheus metric of the service, in one place. Prefix bertserve_, units in names.
+What happens per model (queue, batches, tokens, refusals) carries a `model` label, bounded: a
+request naming any other model is a 404 before it counts."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -32,34 +36,83 @@ class Metrics:
         self.queue_duration = Histogram(
             f"{p}queue_duration_seconds",
             "time a sequence waited before its batch ran",
+            ["model"],
             buckets=_LATENCY,
             registry=r,
         )
         self.inference_duration = Histogram(
-            f"{p}inference_duration_seconds", "model time per batch", buckets=_LATENCY, registry=r
+            f"{p}inference_duration_seconds",
+            "model time per batch",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
         )
-        self.queue_depth = Gauge(f"{p}queue_depth", "sequences waiting", registry=r)
-        self.queue_tokens = Gauge(f"{p}queue_tokens", "tokens waiting", registry=r)
+        self.queue_depth = Gauge(f"{p}queue_depth", "sequences waiting", ["model"], registry=r)
+        self.queue_tokens = Gauge(f"{p}queue_tokens", "tokens waiting", ["model"], registry=r)
         self.batch_size = Histogram(
-            f"{p}batch_size", "sequences per batch", buckets=_SIZES, registry=r
+            f"{p}batch_size", "sequences per batch", ["model"], buckets=_SIZES, registry=r
         )
         self.batch_tokens = Histogram(
-            f"{p}batch_tokens", "padded tokens per batch", buckets=_TOKENS, registry=r
+            f"{p}batch_tokens", "padded tokens per batch", ["model"], buckets=_TOKENS, registry=r
         )
         self.batch_padding_ratio = Histogram(
             f"{p}batch_padding_ratio",
             "share of a batch's tokens that are padding",
+            ["model"],
             buckets=_RATIOS,
             registry=r,
         )
-        self.tokens = Counter(f"{p}tokens_total", "input tokens processed", ["route"], registry=r)
-        self.rejected = Counter(
-            f"{p}rejected_total", "requests refused before compute", ["reason"], registry=r
+        self.tokens = Counter(
+            f"{p}tokens_total", "input tokens processed", ["route", "model"], registry=r
         )
-        self.ready = Gauge(f"{p}ready", "1 once the model is loaded, verified and warm", registry=r)
+        self.rejected = Counter(
+            f"{p}rejected_total",
+            "requests refused before compute",
+            ["reason", "model"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            f"{p}ready", "1 once every model is loaded, verified and warm", registry=r
+        )
         self.model_info = Gauge(
             f"{p}model_info",
-            "the model being served",
+            "the models being served",
             ["model", "precision", "provider"],
             registry=r,
         )
+
+    def of(self, model: str) -> ModelMetrics:
+        """The per-model series of one model, bound once (a label lookup per use would cost
+        the event loop on every batch)."""
+        return ModelMetrics(
+            name=model,
+            queue_duration=self.queue_duration.labels(model),
+            inference_duration=self.inference_duration.labels(model),
+            queue_depth=self.queue_depth.labels(model),
+            queue_tokens=self.queue_tokens.labels(model),
+            batch_size=self.batch_size.labels(model),
+            batch_tokens=self.batch_tokens.labels(model),
+            batch_padding_ratio=self.batch_padding_ratio.labels(model),
+            parent=self,
+        )
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's series: what its batcher and engine record."""
+
+    name: str
+    queue_duration: Histogram
+    inference_duration: Histogram
+    queue_depth: Gauge
+    queue_tokens: Gauge
+    batch_size: Histogram
+    batch_tokens: Histogram
+    batch_padding_ratio: Histogram
+    parent: Metrics
+
+    def rejected(self, reason: str) -> None:
+        self.parent.rejected.labels(reason, self.name).inc()
+
+    def tokens(self, route: str, count: int) -> None:
+        self.parent.tokens.labels(route, self.name).inc(count)

@@ -39,6 +39,12 @@ def check_documents(count: int, settings: Settings, what: str = "documents") -> 
         raise TooLarge(f"{count} {what} exceed max_rerank_documents {limit}")
 
 
+def can_rerank(engine: Engine) -> bool:
+    """A cross-encoder (one logit) scores pairs; a model without a classifier compares
+    vectors; a classifier into several labels can do neither (424)."""
+    return not engine.backend.has_classifier or len(engine.artifact.labels) == 1
+
+
 async def relevance(
     query: str,
     documents: list[str],
@@ -56,7 +62,7 @@ async def relevance(
     check_chars([query, *documents], settings, "texts")
     if not engine.backend.has_classifier:
         return await similarity(query, documents, engine, route, answer_bytes, truncate, direction)
-    if len(engine.artifact.labels) != 1:
+    if not can_rerank(engine):
         raise MissingHead(
             f"this model classifies into {len(engine.artifact.labels)} labels; reranking needs "
             "a cross-encoder (one logit) or an embedding model"
@@ -138,7 +144,7 @@ async def jina_rerank_payload(
         results.append(result)
     return {
         "id": f"rerank-{uuid.uuid4().hex}",
-        "model": body.model or engine.model_name,
+        "model": engine.model_name,
         "usage": {"total_tokens": scores.tokens},
         "results": results,
     }

@@ -38,6 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "malformed JSON or bad UTF-8"),
         (401, "missing or wrong API key"),
         (408, "the body did not arrive within body_timeout_s"),
+        (404, "the request names a model this server does not serve"),
         (413, "body, inputs, characters or tokens over a limit"),
         (422, "an invalid field"),
         (424, "the model lacks the head this route needs"),

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from .checks import check_inputs
 from .engine import Engine, InvalidInput, serialize_vector
-from .errors import NotReady, TooLarge, clip
+from .errors import TooLarge, clip
 from .pooling import softmax
 from .rerank import jina_rerank_payload, rerank_payload, similarity_payload
 from .responses import off_loop, vector_bytes
@@ -36,14 +36,6 @@ from .schemas import (
 )
 from .settings import Settings
 from .text import LongText
-
-
-def ready_engine(state: Any) -> Engine:
-    """The engine, once the model is loaded and warm; `state` is the FastAPI app.state."""
-    engine: Engine | None = getattr(state, "engine", None)
-    if engine is None or not state.ready:
-        raise NotReady("the model is not ready yet")
-    return engine
 
 
 async def embed_payload(body: EmbedRequest, engine: Engine, settings: Settings) -> Any:
@@ -363,7 +355,7 @@ async def openai_payload(
             }
             for i, v in enumerate(vectors)
         ],
-        "model": body.model or engine.model_name,
+        "model": engine.model_name,
         "usage": {"prompt_tokens": count, "total_tokens": count},
     }
 

@@ -45,7 +45,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class EmbedRequest(_Strict):
+class _Request(_Strict):
+    """A POST route's body: every route takes `model` (OpenAI's field)."""
+
+    model: str | None = Field(
+        None,
+        max_length=256,
+        description="the served model to use (GET /v1/models lists them; default: the first); "
+        "a name not served is a 404",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return _echoable(value, "model")
+
+
+class EmbedRequest(_Request):
     inputs: Texts = Field(description="a text or a list of texts")
     pooling: Literal["cls", "mean", "pooler"] | None = Field(
         None, description="sentence pooling (default: the artifact's)"
@@ -98,7 +114,7 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
-class FillMaskRequest(_Strict):
+class FillMaskRequest(_Request):
     inputs: Texts = Field(description="text(s) with one or more [MASK] tokens")
     top_k: int = Field(5, ge=1, description="candidates per mask")
     targets: list[str] | None = Field(None, description="score only these tokens")
@@ -131,7 +147,7 @@ def _check_pairs(value: list[list[str]], name: str) -> list[list[str]]:
     return value
 
 
-class NextSentenceRequest(_Strict):
+class NextSentenceRequest(_Request):
     pairs: list[list[str]] = Field(description="[first, second] pairs")
 
     @field_validator("pairs")
@@ -140,7 +156,7 @@ class NextSentenceRequest(_Strict):
         return _check_pairs(value, "pairs")
 
 
-class ClassifyRequest(_Strict):
+class ClassifyRequest(_Request):
     inputs: str | list[str] | list[list[str]] = Field(
         description="a text, a list of texts, or a list of [first, second] pairs"
     )
@@ -187,19 +203,11 @@ class NextSentenceResponse(BaseModel):
     data: list[NextSentenceOut]
 
 
-class OpenAIEmbeddingRequest(_Strict):
+class OpenAIEmbeddingRequest(_Request):
     model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send `user` etc.
     input: Texts
-    model: str | None = Field(
-        None, max_length=256, description="echoed in the answer (at most 256 characters)"
-    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str | None) -> str | None:
-        return _echoable(value, "model")
 
 
 class OpenAIEmbedding(BaseModel):
@@ -215,7 +223,7 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: Usage
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(_Request):
     inputs: Texts
 
 
@@ -236,7 +244,7 @@ def _check_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_check_text)]
 
 
-class RerankRequest(_Strict):
+class RerankRequest(_Request):
     """TEI's /rerank."""
 
     query: Text
@@ -257,22 +265,16 @@ class Document(_Strict):
     text: str
 
 
-class JinaRerankRequest(_Strict):
+class JinaRerankRequest(_Request):
     """/v1/rerank: Jina's and Cohere's shape, as vLLM serves it."""
 
     model_config = ConfigDict(extra="ignore", strict=True)  # clients send rank_fields etc.
-    model: str | None = Field(None, max_length=256, description="echoed in the answer")
     query: Text
     documents: list[str | Document] = Field(
         min_length=1, description="texts, or objects with a text field"
     )
     top_n: int | None = Field(None, ge=1, description="the best N only (default: all)")
     return_documents: bool = Field(True, description="each result carries its document")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str | None) -> str | None:
-        return _echoable(value, "model")
 
     @field_validator("documents")
     @classmethod
@@ -311,7 +313,7 @@ class SimilarityInputs(_Strict):
     sentences: Texts
 
 
-class SimilarityRequest(_Strict):
+class SimilarityRequest(_Request):
     """TEI's /similarity: the cosine of each sentence with the source sentence."""
 
     inputs: SimilarityInputs

@@ -3,17 +3,25 @@ variable (BERTSERVE_<NAME>). `bert-serve --help` and the README table are genera
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
+    # env_prefix_target "all": the aliases are read with the prefix too (BERTSERVE_MODELS)
+    model_config = SettingsConfigDict(
+        env_prefix="BERTSERVE_", extra="ignore", env_prefix_target="all", validate_by_name=True
+    )
 
-    model: Path = Field(Path("model"), description="artifact directory written by bert-export")
+    model: Annotated[list[str], NoDecode] = Field(
+        ["model"],
+        validation_alias=AliasChoices("model", "models"),
+        description="artifact directory written by bert-export; NAME=DIR serves it as NAME "
+        "(repeat the flag, or comma-separate BERTSERVE_MODELS, to serve several: the first is "
+        "the default)",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -118,6 +126,15 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="log a line per request (off: it costs the event loop per request)"
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _models(cls, value: Any) -> list[str]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        specs = [str(item).strip() for item in items if str(item).strip()]
+        if not specs:
+            raise ValueError("name at least one artifact directory")
+        return specs
 
     @field_validator("api_key")
     @classmethod

@@ -110,6 +110,7 @@ class FakeBackend:
     batch_invariant = True
     provider = "CPUExecutionProvider"
     workers = 1
+    threads_per_call = 1
 
     def __init__(self, artifact: Artifact, pooler: bool = True, seed: int = 0) -> None:
         variant = artifact.variants["fp32"]

@@ -23,7 +23,7 @@ def make_batcher(model: object, **limits: float) -> Batcher:
         "request_timeout_s": 30,
         **limits,
     }
-    return Batcher(model, Metrics(), pad_id=0, **settings)  # type: ignore[arg-type]
+    return Batcher(model, Metrics().of("m"), pad_id=0, **settings)  # type: ignore[arg-type]
 
 
 class SlowModel:

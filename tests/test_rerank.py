@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bertserve.service.artifact import load_artifact
 from tests.conftest import REPO, sts_sentences
 from tests.fakes import serve_fake
 from tests.test_service import serve
@@ -102,11 +103,12 @@ def test_both_dialects_score_as_sentence_transformers_cross_encoder(cross_encode
     st = pytest.importorskip("sentence_transformers")
     folder, artifact = cross_encoder
     documents = [d for _, d, _ in _scored_pairs(folder, 20, seed=1)]
+    served = load_artifact(artifact).name  # /v1/rerank names it, as Jina's clients do
     tei, jina, raw = _answers(
         artifact,
         [
             ("/rerank", {"query": QUERY, "texts": documents, "return_text": True}),
-            ("/v1/rerank", {"model": "ce", "query": QUERY, "documents": documents}),
+            ("/v1/rerank", {"model": served, "query": QUERY, "documents": documents}),
             ("/rerank", {"query": QUERY, "texts": documents, "raw_scores": True}),
         ],
     )
@@ -130,7 +132,7 @@ def test_both_dialects_score_as_sentence_transformers_cross_encoder(cross_encode
         assert r["document"] == {"text": documents[r["index"]]}
     for r in raw[1]:
         assert abs(r["score"] - logits[r["index"]]) <= 1e-4 and "text" not in r
-    assert jina[1]["model"] == "ce" and jina[1]["id"].startswith("rerank-")
+    assert jina[1]["model"] == served and jina[1]["id"].startswith("rerank-")
     assert jina[1]["usage"]["total_tokens"] > 20 * 4
 
 

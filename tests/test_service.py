@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -192,10 +193,13 @@ def test_every_route_happy_path(tiny_artifact):
         )
         assert r.status_code == 200 and 0 <= r.json()["data"][0]["is_next"] <= 1
 
-        r = await client.post("/v1/embeddings", json={"input": ["hello", "world"], "model": "x"})
+        served = (await client.get("/info")).json()["model"]
+        r = await client.post("/v1/embeddings", json={"input": ["hello", "world"], "model": served})
         body = r.json()
         assert body["object"] == "list" and body["data"][1]["object"] == "embedding"
-        assert body["model"] == "x" and body["usage"]["total_tokens"] > 0
+        assert body["model"] == served and body["usage"]["total_tokens"] > 0
+        r = await client.post("/v1/embeddings", json={"input": "hello"})  # the default model
+        assert r.status_code == 200 and r.json()["model"] == served
 
         r = await client.post("/tokenize", json={"inputs": "hello world"})
         assert r.json()[0]["tokens"][0] == "[CLS]" and len(r.json()[0]["offsets"]) == len(
@@ -211,6 +215,7 @@ def test_every_route_happy_path(tiny_artifact):
             "fill_mask": True,
             "next_sentence": True,
             "classify": False,
+            "rerank": True,  # by cosine: no classifier
         }
         assert info["limits"]["max_inputs"] == 256 and info["precision"] == "fp32"
         assert info["batch_invariant"] is True
@@ -240,7 +245,7 @@ def test_overload_gets_429_with_retry_after_and_accepted_requests_succeed(tiny_a
             else:
                 assert len(r.json()["data"][0]["embedding"]) == 128
         metrics = (await client.get("/metrics")).text
-        assert 'bertserve_rejected_total{reason="queue_full"}' in metrics
+        assert re.search(r'bertserve_rejected_total\{model="[^"]+",reason="queue_full"\}', metrics)
         # a request larger than the whole queue can never be admitted: 413, not 429
         r = await client.post("/embed", json={"inputs": ["one more sentence"] * 8})
         assert r.status_code == 413 and "retry-after" not in r.headers
@@ -316,10 +321,11 @@ def test_metrics_expose_every_documented_name_and_move(tiny_artifact):
         after = (await client.get("/metrics")).text
         label = '{route="/embed",status="200"}'
         assert _sample(after, "bertserve_requests_total", label) == 5
-        assert _sample(after, "bertserve_tokens_total", '{route="/embed"}') > 0
-        assert _sample(after, "bertserve_batch_size_count") >= 1
-        assert _sample(after, "bertserve_ready") == 1
         name = load_artifact(tiny_artifact).name
+        per_model = f'{{model="{name}",route="/embed"}}'
+        assert _sample(after, "bertserve_tokens_total", per_model) > 0
+        assert _sample(after, "bertserve_batch_size_count", f'{{model="{name}"}}') >= 1
+        assert _sample(after, "bertserve_ready") == 1
         assert f'bertserve_model_info{{model="{name}",precision="fp32"' in after
 
     serve(tiny_artifact, check)

@@ -78,7 +78,9 @@ def test_a_client_that_disconnects_is_cancelled_before_compute(tmp_path):
         assert not any(m["type"] == "http.response.start" for m in sent)  # nobody to answer
         # the blocker's 3 remaining sequences ran; the 5 abandoned ones never did
         assert backend.calls - calls_before <= 4
-        assert _sample(metrics, "bertserve_rejected_total", '{reason="cancelled"}') == 5
+        assert (
+            _sample(metrics, "bertserve_rejected_total", '{model="fake",reason="cancelled"}') == 5
+        )
         # counted as the client's doing (499), not as a server error
         assert 'bertserve_requests_total{route="/embed",status="499"} 1.0' in metrics
         assert 'status="500"' not in metrics
@@ -162,7 +164,7 @@ def test_a_gone_request_leaves_nothing_queued_whatever_its_phase(tmp_path):
     async def main() -> None:
         async with app.router.lifespan_context(app):
             batcher = app.state.batcher
-            cancelled = batcher.metrics.rejected.labels("cancelled")
+            cancelled = batcher.metrics.parent.rejected.labels("cancelled", batcher.metrics.name)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 backend.delay_s = 1.0
