@@ -229,3 +229,29 @@ def serve_fake(
     """`serve_app` over a fake artifact written under `root` and a counted FakeBackend."""
     artifact = fake_artifact(root, mlm=mlm, nsp=nsp, labels=labels)
     serve_app(artifact, CountingBackend(FakeBackend(artifact, pooler=pooler)), test, **overrides)
+
+
+def serve_models(
+    models: list[tuple[str, Artifact, Backend]],
+    test: Callable[[httpx.AsyncClient], Awaitable[None]],
+    **overrides: Any,
+) -> None:
+    """Runs `test(client)` against one app serving several models (name, artifact, backend),
+    the first the default, over an in-process ASGI transport."""
+    from bertserve.service.models import ServedModel
+
+    served = [ServedModel(name, artifact, backend) for name, artifact, backend in models]
+    settings = Settings(
+        model=[f"{m.name}={m.artifact.root}" for m in served],
+        threads=2,
+        **{"precision": "fp32", **overrides},
+    )
+    app = create_app(settings, models=served)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await test(client)
+
+    asyncio.run(main())

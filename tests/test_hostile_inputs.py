@@ -378,6 +378,16 @@ SERVE_CASES: dict[str, tuple[Case, str, int]] = {
     "empty api key": (lambda ws: ["--model", "art", "--api-key", ""], "must not be empty", 2),
     "blank api key": (lambda ws: ["--model", "art", "--api-key", "  "], "must not be empty", 2),
     "missing artifact": (lambda ws: ["--model", "nothing-here"], "does not exist", 2),
+    "second of two artifacts missing": (
+        lambda ws: ["--model", "a=art", "--model", "b=nothing-here"],
+        "model b: ",
+        2,
+    ),
+    "two models of one name": (
+        lambda ws: ["--model", "art", "--model", "art"],
+        "two models are named",
+        2,
+    ),
     "artifact is a file": (lambda ws: ["--model", "corpus.txt"], "not a directory", 2),
     "folder without a manifest": (lambda ws: ["--model", "notes"], "no manifest.json", 2),
     "port already in use": (_taken_port, "cannot listen", 3),

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes import CountingBackend, serve_fake
+from tests.fakes import CountingBackend, FakeBackend, fake_artifact, serve_fake, serve_models
 
 # ----------------------------------------------------------------------------------
 BAD: list[tuple[str, str, Any, int, str]] = [
@@ -211,3 +211,36 @@ def test_a_bug_answers_500_in_the_error_shape_is_logged_and_the_server_keeps_ser
     with caplog.at_level("ERROR", logger="bertserve"):
         serve_fake(tmp_path, check)
     assert "a bug in a route" in caplog.text and "POST /embed" in caplog.text
+
+
+def test_the_bad_input_table_holds_for_a_second_model_named_in_the_body(tmp_path):
+    """The same refusals when a request names the second of two models: the model is picked
+    after the body is checked, and the limits are the server's."""
+    first = fake_artifact(tmp_path / "first")
+    second = fake_artifact(tmp_path / "second")
+    backends = [CountingBackend(FakeBackend(first)), CountingBackend(FakeBackend(second, seed=1))]
+
+    async def check(client: httpx.AsyncClient) -> None:
+        default_calls = backends[0].calls  # its warm-up
+        for name, path, body, status, words in BAD:
+            if isinstance(body, bytes):
+                r = await client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
+            else:
+                named = {**body, "model": "second"} if isinstance(body, dict) else body
+                r = await client.post(path, json=named)
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert words in r.json()["error"]["message"], (name, r.text)
+        r = await client.post("/embed", json={"inputs": "still serving", "model": "second"})
+        assert r.status_code == 200 and r.json()["model"] == "second"
+        assert backends[0].calls == default_calls  # nothing reached the default model
+
+    serve_models(
+        [("first", first, backends[0]), ("second", second, backends[1])],
+        check,
+        max_inputs=8,
+        max_input_chars=2000,
+        max_body_bytes=65536,
+        max_token_vectors=200,
+    )
