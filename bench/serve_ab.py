@@ -27,8 +27,9 @@ from bench.serve_load import free_port, served, stop, wait_ready
 
 
 def _metric(text: str, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)", text, re.M)
-    return float(found.group(1)) if found else float("nan")
+    """A metric summed over its series (per-model labels, or none in older trees)."""
+    found = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)", text, re.M)
+    return sum(float(value) for value in found) if found else float("nan")
 
 
 def one_round(tree: Path, args: argparse.Namespace, sentences: Path) -> dict[str, float]:

@@ -71,9 +71,12 @@ def padding_ratio(url: str) -> float:
     import httpx
 
     text = httpx.get(url + "/metrics").text
-    total = float(re.search(r"^bertserve_batch_padding_ratio_sum (\S+)", text, re.M).group(1))
-    count = float(re.search(r"^bertserve_batch_padding_ratio_count (\S+)", text, re.M).group(1))
-    return total / max(count, 1.0)
+
+    def summed(name: str) -> float:  # over the per-model series
+        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)", text, re.M))
+
+    total = summed("bertserve_batch_padding_ratio_sum")
+    return total / max(summed("bertserve_batch_padding_ratio_count"), 1.0)
 
 
 class RawOrt:
