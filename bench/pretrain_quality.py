@@ -92,7 +92,9 @@ def write_chunks(paths: list[Path], out_train: Path, out_held: Path | None) -> N
 
 
 def eval_batches(corpus: Path, tokenizer_path: Path, count: int) -> list:
-    """The fixed evaluation set: full-sentence sequences of 128, 15% masked, seed 1234."""
+    """The fixed evaluation set: full-sentence sequences of 128, 15% of positions scored, seed
+    1234, every scored position shown as [MASK] (strict: the training masking's kept 10% are
+    copied, not predicted; tables before 2026-12-04 scored that lenient input)."""
     from bertserve.training.batches import BatchSource
     from bertserve.training.corpus import Corpus
     from bertserve.training.masking import Masker
@@ -107,7 +109,7 @@ def eval_batches(corpus: Path, tokenizer_path: Path, count: int) -> list:
     pairs = PairGenerator(store, docs, specials, 128, 0.0, False, 1234)
     masker = Masker(specials, tokenizer.get_vocab_size(), 0.15, 20)
     source = BatchSource(pairs, masker, specials.pad, static_masking=True)
-    return [source.next_batch(64) for _ in range(count // 64)]
+    return [source.next_batch(64).fully_masked(specials.mask) for _ in range(count // 64)]
 
 
 @torch.no_grad()

@@ -337,6 +337,8 @@ def test_whole_word_no_nsp_and_static_options_train(tmp_path):
     ]
     assert {"train", "eval"} == {r["split"] for r in rows}
     assert all("nsp_acc" not in r for r in rows)
+    held_out = [r for r in rows if r["split"] == "eval"]
+    assert all({"mlm_acc", "mlm_acc_training_masking"} <= set(r) for r in held_out)
     # the checkpoint says NSP was never trained, so export leaves out the NSP head and the
     # pooler (both random) and the service will answer /next-sentence with 424
     config = json.loads((tmp_path / "r" / "config.json").read_text())
@@ -388,3 +390,30 @@ def test_adamw_is_fused_and_decays_only_matrices():
     assert [p.shape for p in decayed["params"]] == [torch.Size([4, 4])]
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert len(plain["params"]) == 3  # the Linear's bias, LayerNorm's weight and bias
+
+
+def test_strict_evaluation_shows_every_scored_position_as_mask(english_tokenizer):
+    """The held-out accuracy's input: the training masking keeps 10% of the scored tokens and
+    randomizes 10%; the strict batch hides all of them, and changes nothing else."""
+    from bertserve.training.batches import BatchSource
+    from bertserve.training.corpus import Corpus
+    from bertserve.training.masking import Masker
+    from bertserve.training.pairs import PairGenerator
+    from bertserve.training.token_store import build_or_load
+    from bertserve.training.tokenizer import SpecialIds
+
+    specials = SpecialIds.of(english_tokenizer)
+    store, _ = build_or_load(
+        Corpus.open([str(DATA / "english.txt")]), english_tokenizer, progress=False
+    )
+    pairs = PairGenerator(store, np.arange(store.num_documents), specials, 64, 0.5, True, 7)
+    masker = Masker(specials, english_tokenizer.get_vocab_size())
+    batch = BatchSource(pairs, masker, specials.pad).next_batch(64)
+    strict = batch.fully_masked(specials.mask)
+    shown = batch.input_ids.view(-1)[batch.masked_positions]
+    assert (shown != specials.mask).float().mean() > 0.1  # kept or random in training
+    assert bool((strict.input_ids.view(-1)[batch.masked_positions] == specials.mask).all())
+    others = torch.ones(batch.input_ids.numel(), dtype=torch.bool)
+    others[batch.masked_positions] = False
+    assert torch.equal(strict.input_ids.view(-1)[others], batch.input_ids.view(-1)[others])
+    assert torch.equal(strict.masked_labels, batch.masked_labels)

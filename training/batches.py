@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,14 @@ class Batch:
     def model_mask(self) -> torch.Tensor | None:
         """The attention mask to give the model: None when nothing is padding."""
         return self.attention_mask if self.padded else None
+
+    def fully_masked(self, mask_id: int) -> Batch:
+        """This batch with every scored position shown as [MASK] (none kept, none random): the
+        strict evaluation's input. With the training masking, the 10% of positions that keep
+        their token are copied, not predicted, and inflate the accuracy (~2.5x measured)."""
+        ids = self.input_ids.clone()  # (B, T)
+        ids.view(-1)[self.masked_positions] = mask_id
+        return dataclasses.replace(self, input_ids=ids)
 
     def to(self, device: torch.device) -> Batch:
         """Copies to `device`; on CUDA through pinned memory, so the copies do not wait for the

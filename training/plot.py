@@ -26,11 +26,17 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     if points:
         loss_ax.plot(*zip(*points, strict=True), "o-", label="eval mlm_loss")
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    # train mlm_acc scores the training masking (10% of positions keep their token); eval
+    # mlm_acc is strict (every scored position [MASK]), so the labels say which is which
+    names = {("train", "mlm_acc"): "train mlm_acc (training masking)",
+             ("eval", "mlm_acc"): "eval mlm_acc (all [MASK])",
+             ("eval", "mlm_acc_training_masking"): "eval mlm_acc (training masking)"}  # fmt: skip
     for split, rs, style in (("train", train, "-"), ("eval", evals, "o-")):
-        for key in ("mlm_acc", "nsp_acc"):
+        for key in ("mlm_acc", "mlm_acc_training_masking", "nsp_acc"):
             points = [(r["step"], r[key]) for r in rs if key in r]
             if points:
-                acc_ax.plot(*zip(*points, strict=True), style, label=f"{split} {key}")
+                label = names.get((split, key), f"{split} {key}")
+                acc_ax.plot(*zip(*points, strict=True), style, label=label)
     acc_ax.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
