@@ -107,11 +107,11 @@ def test_a_million_items_are_counted_before_validation(tmp_path, item):
 
     async def check(client: httpx.AsyncClient, backend: CountingBackend) -> None:
         body = b'{"inputs": [' + b",".join([item] * 1_000_000) + b"]}"
-        started = time.perf_counter()
+        started = time.process_time()  # CPU of every thread: not slowed by a busy machine
         r = await client.post("/embed", content=body, headers=JSON)
         error = _error(r, 413)
         assert error["message"] == "inputs has 1000000 items, over max_inputs 256"
-        assert time.perf_counter() - started < 2.0  # the whole validation took 8 s
+        assert time.process_time() - started < 2.0  # the whole validation took 8 s
         wide = b"{" + b",".join(b'"k%d": 1' % i for i in range(100_000)) + b"}"
         error = _error(await client.post("/tokenize", content=wide, headers=JSON), 400)
         assert "100000 fields" in error["message"]
