@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +30,7 @@ from .responses import ResponseBudget
 from .route_docs import documented
 from .settings import Settings
 from .threads import ModelThreads, worker_pool
+from .worker_place import WorkerPlace
 
 log = logging.getLogger("bertserve")
 
@@ -66,10 +67,11 @@ def create_app(
     artifact: Artifact | None = None,
     *,
     models: Sequence[ServedModel] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> ServiceApp:
     """`models`: loaded and verified (bert-serve does it before it listens); by default they
     come from settings.model, in the lifespan. `backend` and `artifact` let tests inject one
-    fake model."""
+    fake model. `on_ready` runs once every model is warm (a worker tells its supervisor)."""
     metrics = Metrics()
 
     def served() -> list[ServedModel]:
@@ -126,6 +128,9 @@ def create_app(
                 )
         app.state.ready = True
         metrics.ready.set(1)
+        metrics.workers.set(1)
+        if on_ready is not None:
+            on_ready()
         for m in chosen:
             log.info("serving %s (%s on %s)", m.name, m.backend.precision, m.backend.provider)
         try:
@@ -134,6 +139,7 @@ def create_app(
             app.state.ready = False
             app.state.draining = True
             metrics.ready.set(0)
+            metrics.workers.set(0)
             await asyncio.gather(*(batcher.stop() for batcher in app.state.batchers))
             await threads.shutdown()
 
@@ -148,6 +154,8 @@ def create_app(
     app.state.ready = False
     app.state.draining = False
     app.state.started = time.time()  # /v1/models' `created`
+    app.state.worker = WorkerPlace(0, 1)  # a worker of `bert-serve --workers N` sets its own
+    app.state.peers_ready = None  # with --workers: are the other workers warm too
     app.include_router(open_routes)
     app.include_router(api)
 

@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices = None
         args = typing.get_args(field.annotation)
         literal = next((a for a in args if typing.get_origin(a) is typing.Literal), None)
+        # only literals (or None): choices; a literal beside another type (int | "auto") is
+        # checked by the validator
+        others = [
+            a for a in args if a is not type(None) and typing.get_origin(a) is not typing.Literal
+        ]
         if typing.get_origin(field.annotation) is typing.Literal:
             choices = list(typing.get_args(field.annotation))
-        elif literal is not None:
+        elif literal is not None and not others:
             choices = list(typing.get_args(literal))
         parser.add_argument(flag, dest=name, choices=choices, help=help_text)
     return parser
@@ -64,51 +69,87 @@ def main(argv: list[str] | None = None) -> int:
         flag = "-".join(str(x) for x in first["loc"]).replace("_", "-")
         print(f"bert-serve: error: --{flag}: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    import onnxruntime as ort
-    import uvicorn
+    from .workers import resolve_count, supervise
 
+    count = resolve_count(settings)
+    if count > 1:  # a supervisor that binds the port, and the workers
+        return supervise(settings, count)
+    served = load_or_refuse(settings)
+    if isinstance(served, str):
+        print(f"bert-serve: error: {served}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    listener = listen_or_refuse(settings)
+    if listener is None:
+        return EXIT_CANNOT_LISTEN
     from .app import create_app
+
+    app = create_app(settings, models=served)
+    print(
+        f"bert-serve: {summary(served)}, http://{settings.host}:{settings.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(app, settings, listener)
+    return 0
+
+
+def load_or_refuse(settings: Settings) -> list[Any] | str:
+    """Every model loaded and verified (ServedModel each), or the one line that says why not."""
+    import onnxruntime as ort
+
     from .artifact import ArtifactError
-    from .http_limits import uvicorn_http_options
     from .models import load_models, parse_spec
 
     ort.set_default_logger_severity(4)  # a broken graph is reported once, by us, in one line
     try:  # every model verified before any serves
-        served = load_models([parse_spec(spec) for spec in settings.model], settings)
+        return load_models([parse_spec(spec) for spec in settings.model], settings)
     except ArtifactError as exc:
-        print(f"bert-serve: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return str(exc)
     except PermissionError as exc:  # e.g. a folder the service's user cannot enter
-        print(f"bert-serve: error: permission denied: {exc.filename}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return f"permission denied: {exc.filename}"
+
+
+def listen_or_refuse(settings: Settings) -> socket.socket | None:
+    """The listening socket, or None once the one line saying why not is printed."""
     try:
-        listener = listen(settings.host, settings.port)
+        return listen(settings.host, settings.port)
     except OSError as exc:
         print(
             f"bert-serve: error: cannot listen on {settings.host}:{settings.port} "
             f"({exc.strerror or exc})",
             file=sys.stderr,
         )
-        return EXIT_CANNOT_LISTEN
-    app = create_app(settings, models=served)
+        return None
+
+
+def summary(served: list[Any]) -> str:
+    """What the start-up line says about the models and the threads."""
+    default = served[0].backend
+    names = ", ".join(f"{m.name}: {m.backend.precision} on {m.backend.provider}" for m in served)
+    return (
+        f"{names}; {default.workers} model thread(s) x {default.threads_per_call} "
+        "ONNX Runtime thread(s)"
+    )
+
+
+def serve(app: Any, settings: Settings, listener: socket.socket) -> None:
+    """uvicorn on `listener` with the limits of `settings`, until SIGTERM or SIGINT drains it."""
+    import uvicorn
+
+    from .http_limits import uvicorn_http_options
+
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         lifespan="on",
         **uvicorn_http_options(settings, app.front.immediate if app.front else None),
     )
-    default = served[0].backend
-    names = ", ".join(f"{m.name}: {m.backend.precision} on {m.backend.provider}" for m in served)
-    print(
-        f"bert-serve: {names}; {default.workers} model thread(s) x {default.threads_per_call} "
-        f"ONNX Runtime thread(s), http://{settings.host}:{settings.port}",
-        file=sys.stderr,
-        flush=True,
-    )
     _serve(config, listener)
-    return 0
+
+
+DRAIN_TIMEOUT_S = 30  # in-flight requests answered after SIGTERM, at most this long
 
 
 def _serve(config: Any, listener: socket.socket) -> None:

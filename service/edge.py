@@ -36,13 +36,14 @@ ADMITTED = "bertserve.admitted"  # scope key: the protocol's immediate() found n
 
 
 def probe_answer(state: Any, path: str) -> tuple[int, bytes]:
-    """/health: every model's batcher is alive; /ready: every model is loaded and warm, and the
-    server is not draining."""
+    """/health: every model's batcher is alive; /ready: every model is loaded and warm (in
+    every worker), and the server is not draining."""
     if path == "/health":
         batchers = getattr(state, "batchers", None) or []
         alive = bool(batchers) and all(batcher.alive for batcher in batchers)
         return (200 if alive else 503), b'{"status":"ok"}' if alive else b'{"status":"down"}'
-    ok = bool(getattr(state, "ready", False))
+    peers_ready = getattr(state, "peers_ready", None)  # with --workers: every worker is warm
+    ok = bool(getattr(state, "ready", False)) and (peers_ready is None or peers_ready())
     return (200 if ok else 503), b'{"ready":true}' if ok else b'{"ready":false}'
 
 

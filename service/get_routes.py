@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .edge import probe_answer
 from .engine import Engine
@@ -14,6 +15,7 @@ from .models import ready_engines
 from .rerank import can_rerank
 from .route_docs import ERRORS
 from .settings import Settings
+from .shared_metrics import latest
 
 
 async def get_settings(request: Request) -> Settings:
@@ -50,9 +52,8 @@ async def ready(request: Request) -> Response:
 
 @open_routes.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    # with --workers: every worker's series merged, whichever worker answers
+    return Response(latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def model_info(engine: Engine) -> dict[str, Any]:
@@ -120,6 +121,9 @@ async def info(request: Request, settings: SettingsDep) -> dict[str, Any]:
         "models": [{**model_info(engine), "limits": limits} for engine in engines.values()],
         "limits": limits,
         "version": ours,
+        # which process of `--workers N` answered (each has its own batcher and sessions)
+        "workers": request.app.state.worker.count,
+        "worker": {"index": request.app.state.worker.index, "pid": os.getpid()},
     }
 
 

@@ -47,8 +47,21 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
-        self.queue_depth = Gauge(f"{p}queue_depth", "sequences waiting", ["model"], registry=r)
-        self.queue_tokens = Gauge(f"{p}queue_tokens", "tokens waiting", ["model"], registry=r)
+        # multiprocess_mode: how workers' values merge (--workers; ignored in one process)
+        self.queue_depth = Gauge(
+            f"{p}queue_depth",
+            "sequences waiting",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_tokens = Gauge(
+            f"{p}queue_tokens",
+            "tokens waiting",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.batch_size = Histogram(
             f"{p}batch_size", "sequences per batch", ["model"], buckets=_SIZES, registry=r
         )
@@ -72,13 +85,23 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            f"{p}ready", "1 once every model is loaded, verified and warm", registry=r
+            f"{p}ready",
+            "1 once every model is loaded, verified and warm (with --workers: in every worker)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.workers = Gauge(
+            f"{p}workers",
+            "worker processes serving, each warm",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
             f"{p}model_info",
             "the models being served",
             ["model", "precision", "provider"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def of(self, model: str) -> ModelMetrics:

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+MAX_WORKERS = 64  # processes; past the cores of any machine we serve from
+
 
 class Settings(BaseSettings):
     # env_prefix_target "all": the aliases are read with the prefix too (BERTSERVE_MODELS)
@@ -30,7 +32,15 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "int8", "fp16"] | None = Field(
         None, description="variant to serve (default: fp16 on CUDA, int8 on CPU, else fp32)"
     )
-    threads: int = Field(0, ge=0, description="ONNX Runtime threads in all (0: all cores)")
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="server processes on the one port, each with its own event loop, batcher "
+        "and sessions; threads and model_workers are divided among them (auto: 1 on the CPU, "
+        "where the model takes the cores; 4 on CUDA, where one event loop leaves the GPU idle)",
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads in all, of every worker (0: all cores)"
+    )
     model_workers: int = Field(
         0,
         ge=0,
@@ -135,6 +145,19 @@ class Settings(BaseSettings):
         if not specs:
             raise ValueError("name at least one artifact directory")
         return specs
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number of processes or auto, not {value!r}") from None
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(f"must be between 1 and {MAX_WORKERS}")
+        return count
 
     @field_validator("api_key")
     @classmethod
