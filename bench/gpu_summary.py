@@ -70,7 +70,8 @@ def main() -> None:
         "end_to_end_seq128_no_dropout": end_to_end(Path("/tmp/gpu-run-no-dropout")),
         "fp16_parity": fp16.get("parity"),
         "fp16_rejected": fp16.get("rejected"),
-        f"serving_{served}": serve.get(served, serve),
+        # one entry per worker count ("fp16 workers 4"), or the precision alone for one count
+        f"serving_{served}": {k: v for k, v in serve.items() if k.startswith(served)} or serve,
     }
     model = summary["model_only_seq128"]
     e2e = summary["end_to_end_seq128"]

@@ -10,6 +10,8 @@ round:
   two processes  bert-serve --model emb=A --threads T  and  bert-serve --model ce=B --threads T
                  (each on all T threads, as two servers are run by default), and the same with
                  T/2 threads each (the cores split between them).
+  one server, 2 workers   bert-serve --model emb=A --model ce=B --threads T --workers 2
+                 (both models in each of two worker processes: two event loops, one port).
 Models: all-MiniLM-L6-v2 (exported) and a cross-encoder of its shape (rerank_throughput's).
 
   python bench/multi_model.py --precision int8 [--seconds 15 --rounds 2 --json out.json]
@@ -30,7 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.export_speed import cpu_description, minilm_dir, real_sentences  # noqa: E402
 from bench.rerank_throughput import QUERY, minilm_cross_encoder  # noqa: E402
-from bench.serve_load import free_port, run_wrk, start, stop, wait_ready  # noqa: E402
+from bench.serve_load import (  # noqa: E402
+    free_port,
+    run_wrk,
+    server_pids,
+    start,
+    stop,
+    wait_ready,
+)
 
 
 def minilm_artifact(work: Path) -> Path:
@@ -45,19 +54,26 @@ def minilm_artifact(work: Path) -> Path:
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process, in KiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    """(VmRSS, VmHWM) of a server in KiB, summed over its processes (--workers' too)."""
+    rss = peak = 0
+    for one in server_pids(pid):
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{one}/status").read_text().splitlines()
+        )
+        rss += int(fields["VmRSS"].split()[0])
+        peak += int(fields["VmHWM"].split()[0])
+    return rss, peak
 
 
-def serve(models: list[str], precision: str, threads: int) -> tuple[str, subprocess.Popen[bytes]]:
+def serve(
+    models: list[str], precision: str, threads: int, workers: int = 1
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     flags = [arg for model in models for arg in ("--model", model)]
     proc = start([
         sys.executable, "-m", "bertserve.service", *flags, "--port", str(port),
         "--precision", precision, "--threads", str(threads), "--log-level", "warning",
+        "--workers", str(workers),
     ])  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
@@ -93,9 +109,14 @@ def mixed_load(
 
 
 def layout(
-    name: str, groups: list[list[str]], threads: int, work: Path, args: argparse.Namespace
+    name: str,
+    groups: list[list[str]],
+    threads: int,
+    work: Path,
+    args: argparse.Namespace,
+    workers: int = 1,
 ) -> dict[str, object]:
-    servers = [serve(models, args.precision, threads) for models in groups]
+    servers = [serve(models, args.precision, threads, workers) for models in groups]
     try:
         urls = [url for url, _ in servers]
         loads = mixed_load(urls[0], urls[-1], work, args)
@@ -145,6 +166,7 @@ def main() -> None:
             layout("one process", [[emb, ce]], args.threads, work, args),
             layout("two processes", [[emb], [ce]], args.threads, work, args),
             layout("two processes, cores split", [[emb], [ce]], half, work, args),
+            layout("one server, 2 workers", [[emb, ce]], args.threads, work, args, workers=2),
         ]
         one = entries[0]
         for entry in entries:

@@ -224,21 +224,40 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server and its children (the workers of `bert-serve --workers N`)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def served(
     url: str, pid: int, sentences_file: Path, clients: int, per_request: int, seconds: float
 ) -> dict[str, object]:
-    """run_load plus CPU accounting: the server's (all threads, and its event loop's thread
-    alone) and the load generator's CPU ms per sentence (the generator, wrk or the httpx
-    client, is a child process we wait for)."""
-    server_before, load_before = process_cpu_s(pid), children_cpu_s()
-    loop_before = process_cpu_s(pid, thread=pid)  # the main thread runs the event loop
+    """run_load plus CPU accounting: the server's (every process's threads, and its event
+    loops' threads alone) and the load generator's CPU ms per sentence (the generator, wrk or
+    the httpx client, is a child process we wait for)."""
+    pids = server_pids(pid)
+
+    def server_cpu() -> float:
+        return sum(process_cpu_s(p) for p in pids)
+
+    def loops_cpu() -> float:  # each process's main thread runs its event loop
+        return sum(process_cpu_s(p, thread=p) for p in pids)
+
+    server_before, load_before, loop_before = server_cpu(), children_cpu_s(), loops_cpu()
     result = dict(run_load(url, sentences_file, clients, per_request, seconds))
     done = float(result["sentences_per_s"]) * seconds
-    result["server_cpu_ms_per_sentence"] = (process_cpu_s(pid) - server_before) * 1000 / done
+    result["server_cpu_ms_per_sentence"] = (server_cpu() - server_before) * 1000 / done
     # the per-request work (HTTP, JSON, tokenizing, futures), without the model threads
-    result["event_loop_cpu_ms_per_sentence"] = (
-        (process_cpu_s(pid, thread=pid) - loop_before) * 1000 / done
-    )
+    result["event_loop_cpu_ms_per_sentence"] = (loops_cpu() - loop_before) * 1000 / done
+    result["processes"] = len(pids)
     result["load_cpu_ms_per_sentence"] = (children_cpu_s() - load_before) * 1000 / done
     return result
 

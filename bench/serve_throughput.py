@@ -223,6 +223,12 @@ def main() -> None:
     p.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="raw ORT and bert-serve on it"
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="bert-serve --workers, comma-separated to compare (e.g. 1,2), each side by side "
+        "with raw ORT",
+    )
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--sentences", type=int, default=1000)
@@ -260,7 +266,9 @@ def main() -> None:
             check=True,
         )
     results: dict[str, object] = {"threads": args.threads, "clients": args.clients}
-    for precision in args.precision.split(","):
+    counts = [int(n) for n in args.workers.split(",")]
+    runs = [(precision, n) for precision in args.precision.split(",") for n in counts]
+    for precision, workers in runs:
         raw = RawOrt(artifact, precision, sentences, args.threads, args.device == "cuda")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -283,6 +291,8 @@ def main() -> None:
                 "warning",
                 "--max-inputs",
                 "64",
+                "--workers",
+                str(workers),
             ]
         )
         rounds = []
@@ -321,9 +331,10 @@ def main() -> None:
             "ratio_single": float(np.median(ratios)),
             "ratio_batch32": batched["sentences_per_s"] / raw_rate,
             "provider": raw.provider,
+            "workers": workers,
         }
         print(
-            f"\n{precision} on {raw.provider}, {args.threads} threads, "
+            f"\n{precision} on {raw.provider}, {args.threads} threads, {workers} worker(s), "
             f"{args.clients} clients x 1 sentence:"
         )
         for i, (rate, _, one) in enumerate(rounds):
@@ -355,7 +366,8 @@ def main() -> None:
             f"p50 {batched['p50_ms']:.0f} ms, p99 {batched['p99_ms']:.0f} ms"
         )
         print(f"  mean padding ratio per batch: {padding:.3f}")
-        if precision == "fp32" and not args.skip_naive and args.device == "cpu":
+        naive_once = precision == "fp32" and workers == counts[0]
+        if naive_once and not args.skip_naive and args.device == "cpu":
             from bertserve.service.artifact import load_artifact
 
             art = load_artifact(artifact)
@@ -394,7 +406,7 @@ def main() -> None:
             )
         if args.infinity_model:
             entry["infinity"] = run_infinity(args, precision, raw, sentences_file, entry)
-        results[precision] = entry
+        results[precision if len(counts) == 1 else f"{precision} workers {workers}"] = entry
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -109,10 +109,11 @@ def load_or_refuse(settings: Settings) -> list[Any] | str:
         return f"permission denied: {exc.filename}"
 
 
-def listen_or_refuse(settings: Settings) -> socket.socket | None:
-    """The listening socket, or None once the one line saying why not is printed."""
+def listen_or_refuse(settings: Settings, **options: bool) -> socket.socket | None:
+    """The listening socket (`options`: listen's), or None once the one line saying why not
+    is printed."""
     try:
-        return listen(settings.host, settings.port)
+        return listen(settings.host, settings.port, **options)
     except OSError as exc:
         print(
             f"bert-serve: error: cannot listen on {settings.host}:{settings.port} "
@@ -171,15 +172,21 @@ def _serve(config: Any, listener: socket.socket) -> None:
     DrainingServer(config).run(sockets=[listener])
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, shared: bool = False, accept: bool = True) -> socket.socket:
     """The listening socket, bound here so that a taken port is our one-line error rather than
-    a traceback from inside uvicorn."""
+    a traceback from inside uvicorn. `shared` (SO_REUSEPORT): the workers of --workers each
+    listen on the port and the kernel spreads new connections evenly among them (one shared
+    socket let the first worker awake accept a whole burst); the supervisor binds without
+    `accept`, holding the port and taking no connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        if accept:
+            sock.listen(2048)
         sock.set_inheritable(True)
     except OSError:
         sock.close()

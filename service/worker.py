@@ -1,6 +1,6 @@
 """One worker process of `bert-serve --workers N` (started by workers.py, never by hand): reads
-its settings from stdin, serves on the supervisor's socket, and says on its status pipe when it
-is warm, or in one line why it cannot start."""
+its settings from stdin, serves on the port beside the other workers (SO_REUSEPORT), and says
+on its status pipe when it is warm, or in one line why it cannot start."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any
@@ -55,7 +54,7 @@ def main() -> int:
         status.write(json.dumps(message) + "\n")
         status.flush()
 
-    from .cli import load_or_refuse, serve, summary
+    from .cli import listen, load_or_refuse, serve, summary
     from .settings import Settings
     from .worker_place import WorkerPlace
 
@@ -66,7 +65,11 @@ def main() -> int:
         return 2
     from .app import create_app
 
-    listener = socket.socket(fileno=config["socket_fd"])
+    try:
+        listener = listen(settings.host, config["port"], shared=True)
+    except OSError as exc:
+        report(error=f"cannot listen on {settings.host}:{config['port']} ({exc})", code=3)
+        return 3
     app = create_app(
         settings, models=served, on_ready=lambda: report(ready=True, summary=summary(served))
     )
