@@ -25,10 +25,17 @@ def _sample(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
+AUTH = {"Authorization": "Bearer k"}  # the key of the test that sets one; ignored without
+
+
+def _series(text: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("bertserve_")}
+
+
 def _worker_pid(url: str) -> int:
     # a fresh connection each time: the kernel hands it to whichever worker accepts first
     with httpx.Client() as client:
-        return int(client.get(f"{url}/info").json()["worker"]["pid"])
+        return int(client.get(f"{url}/info", headers=AUTH).json()["worker"]["pid"])
 
 
 def _pids_seen(url: str, want: int, tries: int = 400) -> set[int]:
@@ -74,18 +81,19 @@ def test_threads_and_model_calls_are_divided_among_workers():
 
 
 def test_two_workers_answer_and_share_one_metrics(tiny_artifact, tmp_path):
-    env = {"TMPDIR": str(tmp_path)}  # where the supervisor makes its metrics folder
+    env = {"TMPDIR": str(tmp_path), "BERTSERVE_API_KEY": "k"}  # TMPDIR: the metrics folder
     with running_server(serve_command(tiny_artifact, "--workers", "2"), env=env) as (url, proc):
+        assert httpx.post(f"{url}/embed", json={"inputs": "x"}).status_code == 401  # per worker
         folders = list(tmp_path.glob("bertserve-metrics-*"))
         assert len(folders) == 1 and any(folders[0].iterdir())
-        info = httpx.get(f"{url}/info").json()
+        info = httpx.get(f"{url}/info", headers=AUTH).json()
         assert info["workers"] == 2 and info["worker"]["index"] in (0, 1)
         pids = _pids_seen(url, 2)
         assert len(pids) == 2 and proc.pid not in pids  # two workers, not the supervisor
         sent = 0
         for i in range(40):
             with httpx.Client() as client:  # spread over both workers
-                r = client.post(f"{url}/embed", json={"inputs": [f"text {i}", "two"]})
+                r = client.post(f"{url}/embed", json={"inputs": [f"text {i}", "two"]}, headers=AUTH)
                 assert r.status_code == 200
                 sent += 1
         text = httpx.get(f"{url}/metrics").text
@@ -121,11 +129,14 @@ def test_a_killed_worker_is_restarted_and_the_others_keep_serving(tiny_artifact,
         assert survivor in now and victim not in now and len(now) == 2
         text = httpx.get(f"{url}/metrics").text
         assert _sample(text, "bertserve_workers") == 2  # the dead one's live gauge is gone
+        series_before = _series(text)
         # SIGTERM to one worker alone: a restart, not a shutdown
         os.kill(survivor, signal.SIGTERM)
         _wait(lambda: survivor not in _pids_seen(url, 2), 60, "the survivor replaced")
         assert proc.poll() is None
         _wait(lambda: httpx.get(f"{url}/ready").status_code == 200, 60, "ready again")
+        # a second restart adds no series: nothing is labelled by process
+        assert _series(httpx.get(f"{url}/metrics").text) == series_before
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
         log = proc.stderr.read().decode()
