@@ -260,7 +260,14 @@ def test_export_adds_the_classifier_with_its_gate(classifier_artifact):
     assert fp32["classifier_head"] == "heads/classifier.onnx"
     assert fp32["parity"]["classifier_max_abs_diff"] <= 1e-4 and fp32["parity"]["passed"]
     assert int8["parity"]["classifier_decisive_inputs"] >= 10  # clear decisions were compared
-    assert int8["parity"]["classifier_argmax_agreement"] >= 0.99 and not int8["rejected"]
+    assert int8["parity"]["classifier_argmax_agreement"] >= 0.99
+    # the head passed its gate; the tiny encoder's own int8 cosine sits near its gate (0.967-0.98
+    # across runs), so a rejection, if any, must be the encoder's and name it
+    from bertserve.export.parity import failures
+
+    missed = failures("int8", int8["parity"])
+    assert int8["rejected"] == bool(missed)
+    assert not [m for m in missed if m.startswith("classifier")], missed
     assert int8["parity"]["gate"]["classifier_argmax_agreement"] == 0.99
 
 

@@ -117,3 +117,28 @@ def test_a_million_items_are_counted_before_validation(tmp_path, item):
         assert "100000 fields" in error["message"]
 
     serve_fake(tmp_path, check, max_body_bytes=8_000_000)
+
+
+def test_the_collector_pause_is_counted_across_parses():
+    """Big bodies are parsed with the cyclic collector off; overlapping parses (threads) turn
+    it back on only when the last ends, and never when it was off before."""
+    import gc
+
+    from bertserve.service.hot_path import CollectorPause
+
+    pause = CollectorPause()
+    assert gc.isenabled()
+    pause.__enter__()
+    pause.__enter__()  # a second parse in another thread
+    assert not gc.isenabled()
+    pause.__exit__(None, None, None)
+    assert not gc.isenabled()  # the other is still parsing
+    pause.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pause:
+            pass
+        assert not gc.isenabled()  # off before: left off
+    finally:
+        gc.enable()
