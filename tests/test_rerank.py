@@ -183,8 +183,13 @@ def test_an_embedding_model_reranks_by_cosine_and_similarity_agrees(tiny_artifac
     vectors = np.array([row["embedding"] for row in embed[1]["data"]])  # (1 + D, H)
     cosines = vectors[1:] @ vectors[0]
     assert np.allclose(similarity[1], cosines, atol=1e-5)
-    assert [r["index"] for r in rerank[1]] == list(np.argsort(-cosines, kind="stable"))
-    assert np.allclose([r["score"] for r in rerank[1]], np.sort(cosines)[::-1], atol=1e-5)
+    # every document once, best first, each scored by its own cosine (the tiny model's vectors
+    # are near-parallel: which of two near-equal cosines comes first is float noise, and CI's
+    # fp32 run ordered two of them the other way)
+    assert sorted(r["index"] for r in rerank[1]) == list(range(len(documents)))
+    scores = [r["score"] for r in rerank[1]]
+    assert scores == sorted(scores, reverse=True)
+    assert np.allclose(scores, cosines[[r["index"] for r in rerank[1]]], atol=1e-5)
 
 
 def test_a_classifier_of_several_labels_cannot_rerank(tmp_path):
