@@ -45,7 +45,10 @@ def _pids_seen(url: str, want: int, tries: int = 400) -> set[int]:
 
     def ask() -> None:
         for _ in range(tries // 8):
-            pid = _worker_pid(url)
+            try:
+                pid = _worker_pid(url)
+            except httpx.TransportError:  # queued at a worker that is stopping: reset
+                continue
             with lock:
                 seen.add(pid)
                 if len(seen) >= want:
