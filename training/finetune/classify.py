@@ -89,6 +89,7 @@ class FinetuneConfig:
     class_weights: list[float] | None = None  # per class, in label order
     eval_every: int | None = None  # steps, besides every epoch end
     bf16: str = "auto"  # autocast for training steps: on, off, auto (CPUs with native bf16)
+    eval_precision: str = "auto"  # --task embedding: auto (as the training steps) or fp32
     seed: int = 0
     progress: bool = True
     # --task embedding (embedding.py)
