@@ -8,6 +8,7 @@ by a test). Each term is bounded by one setting:
   queued outputs      max_queued_tokens hidden states waiting for their requests (float32)
   request bodies      max_body_bytes_in_flight, x3: the bytes, the parsed strings, the lists
   answers             max_response_bytes_in_flight, x2: the vectors and their JSON pieces
+  (with --workers N: every term but the model calls once per worker process)
 
 One call's activations were measured with ORT 1.32 on MiniLM-L6 (12 heads, hidden 384), peak
 RSS over a warm session (int8 and fp32 alike, ORT's arena off and buffers over 4 MiB mapped on
@@ -44,15 +45,21 @@ def call_bytes(tokens: int, seq_len: int, model: ModelShape) -> int:
 
 
 def worst_case_bytes(settings: Settings, model: ModelShape, cores: int) -> dict[str, int]:
-    """Each term's bound in bytes and their `total`; `cores` gives the default model_workers."""
-    workers = settings.model_workers or cores
+    """Each term's bound in bytes and their `total`; `cores` gives the default model_workers.
+    With --workers N every process loads the model and holds its own queue and in-flight
+    budgets (N x those terms); the model calls are a total, divided among them. `auto` counts
+    as CUDA's count, the larger."""
+    from .workers import AUTO_CUDA
+
+    processes = settings.workers if isinstance(settings.workers, int) else AUTO_CUDA
+    workers = max(settings.model_workers or cores, processes)  # at least one call each
     longest = min(model.max_seq_len, settings.max_batch_tokens)
     terms = {
-        "loaded model": model.loaded_bytes,
+        "loaded model": processes * model.loaded_bytes,
         "model calls": workers * call_bytes(settings.max_batch_tokens, longest, model),
-        "queued outputs": settings.max_queued_tokens * model.hidden_size * 4,
-        "request bodies": 3 * settings.max_body_bytes_in_flight,
-        "answers": 2 * settings.max_response_bytes_in_flight,
+        "queued outputs": processes * settings.max_queued_tokens * model.hidden_size * 4,
+        "request bodies": processes * 3 * settings.max_body_bytes_in_flight,
+        "answers": processes * 2 * settings.max_response_bytes_in_flight,
     }
     terms["total"] = sum(terms.values())
     return terms

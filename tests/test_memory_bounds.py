@@ -32,6 +32,9 @@ def test_the_shipped_manifest_holds_the_worst_case_of_its_settings():
     # the defaults alone would not fit: the manifest's settings are what makes it hold
     defaults = worst_case_bytes(Settings(model=Path("m")), MINILM, cores)
     assert defaults["total"] > limit
+    # two workers: each loads the model and holds its own budgets, so the same settings don't
+    two = worst_case_bytes(settings.model_copy(update={"workers": 2}), MINILM, cores)
+    assert two["total"] > limit and two["model calls"] == worst["model calls"]
 
 
 def test_call_bytes_is_above_the_measured_peaks():
