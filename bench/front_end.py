@@ -22,22 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.export_speed import cpu_description  # noqa: E402
 from bench.serve_load import free_port, served, start, stop, wait_ready  # noqa: E402
-
-
-def cpu_flags() -> str:
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-    )
-    return f"{model}; {' '.join(f for f in wanted if f in flags)}; {os.cpu_count()} cores"
 
 
 def tiny_artifact(work: Path) -> Path:
@@ -94,7 +80,7 @@ def main() -> None:
     sentences.write_text("\n".join(real_sentences(1000)))
     counts = [int(n) for n in args.workers.split(",")]
     results: dict[str, list[dict[str, object]]] = {str(n): [] for n in counts}
-    print(f"CPU: {cpu_flags()}")
+    print(f"CPU: {f'{cpu_description()}; {os.cpu_count()} cores'}")
     for round_index in range(args.rounds):
         for count in counts:
             port = free_port()
@@ -143,7 +129,11 @@ def main() -> None:
         print(f"  {count} worker(s): {medians[count]:.0f}/s = {medians[count] / medians[base]:.2f}x"
               f" of {base}")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_flags(), "runs": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"cpu": f"{cpu_description()}; {os.cpu_count()} cores", "runs": results}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .cli import EXIT_BAD_INPUT, EXIT_CANNOT_LISTEN  # one definition of the exit codes
 from .settings import Settings
 
 AUTO_CPU = 1  # measured on 2 cores: the model takes them (BENCHMARKS.md "Workers")
@@ -38,8 +39,6 @@ AUTO_CUDA = 4  # one event loop feeds a GPU a fraction of what it can do
 FIRST_RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 STEADY_AFTER_S = 60.0  # a worker up this long restarts at the first delay again
-EXIT_BAD_INPUT = 2
-EXIT_CANNOT_LISTEN = 3
 
 
 def resolve_count(settings: Settings) -> int:
